@@ -1,0 +1,54 @@
+"""The one shape of an experiment config: model + train + data + mesh (ml-collections).
+
+Config files in `configs/` call `experiment_config(model=...)` with their model fields and override the few
+train/data/mesh knobs they care about. `model_config(cd)` turns the `model` block into a validated ModelConfig.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from dsv3_jax.config import ModelConfig
+
+
+def experiment_config(model: dict) -> ml_collections.ConfigDict:
+    """A full experiment ConfigDict with the project's default train/data/mesh settings."""
+    ModelConfig.from_dict(model)  # fail at config-load time, naming the field
+    cd = ml_collections.ConfigDict()
+    cd.model = ml_collections.ConfigDict(model)
+
+    cd.train = ml_collections.ConfigDict(dict(
+        seed=0,
+        steps=1000,
+        batch_size=16,  # global batch, sequences
+        seq_len=128,
+        # AdamW as V3 report §4.2.
+        lr=2.2e-4,
+        min_lr_ratio=0.1,  # 2.2e-4 -> 2.2e-5
+        warmup_steps=100,
+        b1=0.9,
+        b2=0.95,
+        weight_decay=0.1,
+        grad_clip=1.0,
+        bf16_moments=False,
+        # Loss weights and schedules (V3 report §4.2), scaled to the run.
+        mtp_lambda=0.3,
+        mtp_lambda_final=0.1,
+        balance_alpha=1e-4,
+        bias_update_speed=1e-3,  # gamma
+        log_every=10,
+        eval_every=100,
+        checkpoint_every=200,
+    ))
+    cd.data = ml_collections.ConfigDict(dict(
+        source="stdlib",  # "stdlib" | "files" | "synthetic" | "hf"
+        path="",
+        val_fraction=0.02,
+    ))
+    cd.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, pipe=1, tensor=1))
+    return cd
+
+
+def model_config(cd: ml_collections.ConfigDict) -> ModelConfig:
+    """The validated ModelConfig of an experiment ConfigDict."""
+    return ModelConfig.from_dict(cd.model.to_dict())

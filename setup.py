@@ -1,0 +1,32 @@
+"""dsv3_jax: a JAX/Flax reimplementation of DeepSeek-V3 for research."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="dsv3_jax",
+    version="0.1.0",
+    description="DeepSeek-V3 (MLA, DeepSeekMoE, MTP, FP8, DualPipe) in JAX/Flax for research",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["dsv3_jax", "dsv3_jax.*", "pallas_kernels", "pallas_kernels.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "ml-collections>=1.0",
+        "chex>=0.1.90",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # torch: on CPU-only machines install torch==2.13.0 (the CPU build) first; see README.
+        "hf": ["torch>=2.13", "transformers>=4.48", "safetensors>=0.4"],
+        "notebook": ["jupyter", "nbclient>=0.10", "ipykernel", "matplotlib>=3.8"],
+        "triton": ["jax-triton>=0.3"],
+    },
+    entry_points={
+        "console_scripts": [],
+    },
+)
