@@ -90,9 +90,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; params are always float32
     init_std: float = 0.006  # V3 report §4.2
     moe_impl: str = "ragged"  # "ragged": sort + grouped GEMM; "dense": per-expert loop (reference)
-    scan_layers: bool = True
     remat: str = "none"
-    tie_embeddings: bool = False
 
     def __post_init__(self):
         _validate(self)

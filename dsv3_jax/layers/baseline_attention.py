@@ -1,0 +1,50 @@
+"""Baseline attentions for ablations: standard multi-head (MHA) and grouped-query (GQA) attention.
+
+Not part of DeepSeek-V3; they let experiments compare MLA against the usual layouts at comparable size.
+RoPE (with the same YaRN settings) rotates the whole qk head dim here.
+Legend: B batch, T/S positions, D model dim, H query heads, G kv heads, K qk head dim, V value head dim.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dsv3_jax.layers import attention_core
+from dsv3_jax.layers.linear import matmul_fn, normal_init
+from dsv3_jax.layers.rope import apply_rope, rope_frequencies
+
+
+def gqa_attention(x, p, positions, mask, n_heads: int, n_kv_heads: int, freqs, scale: float, mm):
+    """x [B,T,D] -> [B,T,D]; each of the G kv heads serves H/G query heads (G = H is MHA)."""
+    b, t = x.shape[:2]
+    q = mm(x, p["wq"]).reshape(b, t, n_heads, -1)
+    k = mm(x, p["wk"]).reshape(b, t, n_kv_heads, -1)
+    v = mm(x, p["wv"]).reshape(b, t, n_kv_heads, -1)
+    q, k = apply_rope(q, positions, freqs), apply_rope(k, positions, freqs)
+    rep = n_heads // n_kv_heads
+    k, v = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
+    o = attention_core.softmax_attention(q, k, v, mask, scale)
+    return mm(o.reshape(b, t, -1), p["wo"])
+
+
+class GQA(nn.Module):
+    """Holds wq [D,H·K], wk [D,G·K], wv [D,G·V], wo [H·V,D]."""
+
+    cfg: "object"
+
+    @nn.compact
+    def __call__(self, x, positions, mask):
+        c = self.cfg
+        h, g, k, v = c.n_heads, c.kv_heads, c.qk_head_dim, c.v_head_dim
+
+        def w(name, shape, axes):
+            return self.param(name, nn.with_logical_partitioning(normal_init(c.init_std), axes), shape, jnp.float32)
+
+        p = {"wq": w("wq", (c.dim, h * k), ("embed", "heads")),
+             "wk": w("wk", (c.dim, g * k), ("embed", "heads")),
+             "wv": w("wv", (c.dim, g * v), ("embed", "heads")),
+             "wo": w("wo", (h * v, c.dim), ("heads", "embed"))}
+        freqs = rope_frequencies(k, c.rope_theta, yarn=c.yarn_active, factor=c.rope_factor,
+                                 original_seq_len=c.original_seq_len, beta_fast=c.beta_fast, beta_slow=c.beta_slow)
+        return gqa_attention(x, p, positions, mask, h, g, freqs, c.softmax_scale, matmul_fn(c))

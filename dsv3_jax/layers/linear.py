@@ -1,0 +1,86 @@
+"""Linear layers and the embedding / output head.
+
+Every Linear of MLA, the dense MLP and the experts goes through `matmul` here, so the FP8 recipe (quant/) can
+be injected in one place; the embedding, the output head and the router stay in high precision
+(V3 report §3.3). Kernels are stored [in, out] in float32 (master weights) and cast to the compute dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def matmul(x: jnp.ndarray, kernel: jnp.ndarray, dtype) -> jnp.ndarray:
+    """x [..., I] · kernel [I, O] in the compute dtype (fp32 accumulation where the backend supports it)."""
+    return jnp.einsum("...i,io->...o", x.astype(dtype), kernel.astype(dtype),
+                      preferred_element_type=jnp.float32).astype(dtype)
+
+
+def matmul_fn(cfg):
+    """The `mm(x, kernel)` every Linear of the model uses, chosen once from the config."""
+    dtype = jnp.dtype(cfg.dtype)
+    return lambda x, kernel: matmul(x, kernel, dtype)
+
+
+def normal_init(std: float):
+    return nn.initializers.normal(stddev=std)
+
+
+class Linear(nn.Module):
+    """y = x · W with W [in, out] carrying logical axis names `axes`."""
+
+    features: int
+    axes: Sequence[str | None]
+    init_std: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.with_logical_partitioning(normal_init(self.init_std), tuple(self.axes)),
+                            (x.shape[-1], self.features), jnp.float32)
+        return matmul(x, kernel, self.dtype)
+
+
+class Embed(nn.Module):
+    """Token embedding table [V, D] (kept in high precision, V3 report §3.3)."""
+
+    vocab_size: int
+    dim: int
+    init_std: float
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding", nn.with_logical_partitioning(normal_init(self.init_std), ("vocab", "embed")),
+            (self.vocab_size, self.dim), jnp.float32)
+
+    def __call__(self, tokens: jnp.ndarray) -> jnp.ndarray:
+        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+
+class Head(nn.Module):
+    """Output projection D -> V; logits are returned in float32 (losses are fp32, DESIGN.md principle 6)."""
+
+    vocab_size: int
+    init_std: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
+        kernel = self.param("kernel", nn.with_logical_partitioning(normal_init(self.init_std), ("embed", "vocab")),
+                            (h.shape[-1], self.vocab_size), jnp.float32)
+        return jnp.einsum("...d,dv->...v", h.astype(self.dtype), kernel.astype(self.dtype),
+                          preferred_element_type=jnp.float32)
+
+
+def checked_tokens(tokens: jnp.ndarray, name: str = "tokens") -> jnp.ndarray:
+    """Validate a token batch's rank and dtype (values are checked by the data pipeline)."""
+    if tokens.ndim != 2:
+        raise ValueError(f"{name}: expected int32 [B, T], got shape {tuple(tokens.shape)}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"{name}: expected an integer dtype, got {tokens.dtype}")
+    return tokens.astype(jnp.int32)
+

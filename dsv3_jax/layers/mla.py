@@ -1,0 +1,130 @@
+"""Multi-head Latent Attention, training path (V3 report §2.1.1, eq. 1-11; inference/model.py class MLA).
+
+Queries: optional low-rank compression (q_lora_rank > 0: wq_a -> q_norm -> wq_b, else a plain wq), split per
+head into a no-position part q_nope and a decoupled rope part q_pe. Keys/values: wkv_a compresses x into the
+latent c_kv [C] (then kv_norm) plus ONE rope key k_pe [R] shared by all heads; wkv_b expands c_kv into
+per-head k_nope and v. The "naive" path expands keys and values; the "absorbed" path folds W_UK into the
+query and W_UV into the output so attention runs over the latent (REFERENCE §2, "absorb"). Both are exact.
+
+Legend: B batch, T query positions, S key positions, D model dim, H heads, N qk nope dim, R rope dim,
+K = N + R qk head dim, V value head dim, C kv latent (kv_lora_rank), Q q latent (q_lora_rank).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dsv3_jax.layers import attention_core
+from dsv3_jax.layers.linear import matmul_fn, normal_init
+from dsv3_jax.layers.norms import rms_norm
+from dsv3_jax.layers.rope import apply_rope, frequencies_for
+
+Params = Mapping[str, jnp.ndarray]
+MatMul = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
+
+
+def mla_queries(x, p: Params, positions, freqs, n_heads: int, nope_dim: int, eps: float, mm: MatMul):
+    """x [B,T,D] -> q_nope [B,T,H,N], q_pe [B,T,H,R] (rope applied). Eq. 6-9 (or plain wq if no q_lora)."""
+    if "wq_a" in p:
+        q = mm(rms_norm(mm(x, p["wq_a"]), p["q_norm"], eps), p["wq_b"])
+    else:
+        q = mm(x, p["wq"])
+    q = q.reshape(q.shape[:2] + (n_heads, -1))
+    q_nope, q_pe = q[..., :nope_dim], q[..., nope_dim:]
+    return q_nope, apply_rope(q_pe, positions, freqs)
+
+
+def mla_latents(x, p: Params, positions, freqs, kv_lora_rank: int, eps: float, mm: MatMul):
+    """x [B,S,D] -> kv_norm(c_kv) [B,S,C] and the shared rope key k_pe [B,S,R]. Eq. 1, 3.
+
+    These two are everything the absorbed decode path caches per token."""
+    kv = mm(x, p["wkv_a"])
+    c_kv, k_pe = kv[..., :kv_lora_rank], kv[..., kv_lora_rank:]
+    return rms_norm(c_kv, p["kv_norm"], eps), apply_rope(k_pe, positions, freqs)
+
+
+def split_wkv_b(wkv_b, n_heads: int, nope_dim: int):
+    """wkv_b [C, H·(N+V)] -> W_UK [C,H,N], W_UV [C,H,V] (eq. 2 and 5's up-projections)."""
+    w = wkv_b.reshape(wkv_b.shape[0], n_heads, -1)
+    return w[..., :nope_dim], w[..., nope_dim:]
+
+
+def attend_naive(q_nope, q_pe, c_kv, k_pe, wkv_b, mask, scale: float, mm: MatMul):
+    """Expand per-head keys/values from the latent and attend -> o [B,T,H,V]. Eq. 2, 4, 5, 10."""
+    n_heads, nope_dim = q_nope.shape[2], q_nope.shape[3]
+    kv = mm(c_kv, wkv_b).reshape(c_kv.shape[:2] + (n_heads, -1))  # [B,S,H,N+V]
+    k_nope, v = kv[..., :nope_dim], kv[..., nope_dim:]
+    k_pe = jnp.broadcast_to(k_pe[:, :, None, :], k_pe.shape[:2] + (n_heads, k_pe.shape[-1])).astype(k_nope.dtype)
+    q = jnp.concatenate([q_nope, q_pe.astype(q_nope.dtype)], axis=-1)
+    k = jnp.concatenate([k_nope, k_pe], axis=-1)
+    return attention_core.softmax_attention(q, k, v, mask, scale)
+
+
+def attend_absorbed(q_nope, q_pe, c_kv, k_pe, wkv_b, mask, scale: float):
+    """Attend over the latent with W_UK absorbed into q and W_UV into the output -> o [B,T,H,V].
+
+    scores = (q_nope W_UKᵀ)·c_kv + q_pe·k_pe; o = (p·c_kv) W_UV (REFERENCE §2, inference/model.py absorb)."""
+    w_uk, w_uv = split_wkv_b(wkv_b, q_nope.shape[2], q_nope.shape[3])
+    dtype = q_nope.dtype
+    q_lat = jnp.einsum("bthn,chn->bthc", q_nope, w_uk.astype(dtype), preferred_element_type=jnp.float32)
+    scores = (jnp.einsum("bthc,bsc->bhts", q_lat, c_kv.astype(jnp.float32))
+              + jnp.einsum("bthr,bsr->bhts", q_pe.astype(jnp.float32), k_pe.astype(jnp.float32))) * scale
+    scores = jnp.where(mask[:, None], scores, attention_core.NEG_INF)
+    probs = jnp.where(mask[:, None], jax.nn.softmax(scores, axis=-1), 0.0)
+    o_lat = jnp.einsum("bhts,bsc->bthc", probs, c_kv.astype(jnp.float32))
+    return jnp.einsum("bthc,chv->bthv", o_lat, w_uv.astype(jnp.float32)).astype(dtype)
+
+
+def mla_output(o, wo, mm: MatMul):
+    """o [B,T,H,V] -> [B,T,D] through wo (eq. 11)."""
+    return mm(o.reshape(o.shape[:2] + (-1,)), wo)
+
+
+class MLA(nn.Module):
+    """Holds MLA's projections (official names wq_a/q_norm/wq_b or wq, wkv_a/kv_norm/wkv_b, wo)."""
+
+    cfg: "object"
+
+    def setup(self):
+        c = self.cfg
+        h, k = c.n_heads, c.qk_head_dim
+        std = c.init_std
+
+        def w(name, shape, axes, init=None):
+            init = init or normal_init(std)
+            return self.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+        p = {}
+        if c.q_lora_rank:
+            p["wq_a"] = w("wq_a", (c.dim, c.q_lora_rank), ("embed", "q_lora"))
+            p["q_norm"] = w("q_norm", (c.q_lora_rank,), ("q_lora",), nn.initializers.ones)
+            p["wq_b"] = w("wq_b", (c.q_lora_rank, h * k), ("q_lora", "heads"))
+        else:
+            p["wq"] = w("wq", (c.dim, h * k), ("embed", "heads"))
+        p["wkv_a"] = w("wkv_a", (c.dim, c.kv_lora_rank + c.qk_rope_head_dim), ("embed", "kv_lora"))
+        p["kv_norm"] = w("kv_norm", (c.kv_lora_rank,), ("kv_lora",), nn.initializers.ones)
+        p["wkv_b"] = w("wkv_b", (c.kv_lora_rank, h * (c.qk_nope_head_dim + c.v_head_dim)), ("kv_lora", "heads"))
+        p["wo"] = w("wo", (h * c.v_head_dim, c.dim), ("heads", "embed"))
+        self.weights = p
+
+    def __call__(self, x, positions, mask):
+        """x [B,T,D], positions [B,T], mask [B,T,T] -> [B,T,D] (training path: naive expansion)."""
+        return mla_train(x, self.weights, positions, mask, self.cfg)
+
+
+def mla_train(x, p: Params, positions, mask, cfg, absorb: bool = False):
+    """Full-sequence MLA from a parameter dict. `absorb` picks the latent-space computation (same result;
+    used to check the decode math on whole sequences)."""
+    mm = matmul_fn(cfg)
+    freqs = frequencies_for(cfg)
+    q_nope, q_pe = mla_queries(x, p, positions, freqs, cfg.n_heads, cfg.qk_nope_head_dim, cfg.norm_eps, mm)
+    c_kv, k_pe = mla_latents(x, p, positions, freqs, cfg.kv_lora_rank, cfg.norm_eps, mm)
+    if absorb:
+        o = attend_absorbed(q_nope, q_pe, c_kv, k_pe, p["wkv_b"], mask, cfg.softmax_scale)
+    else:
+        o = attend_naive(q_nope, q_pe, c_kv, k_pe, p["wkv_b"], mask, cfg.softmax_scale, mm)
+    return mla_output(o, p["wo"], mm)

@@ -1,0 +1,37 @@
+"""Dense SwiGLU MLP: w2(silu(w1 x) ⊙ w3 x) (REFERENCE §2; w1=gate_proj, w3=up_proj, w2=down_proj).
+
+Used for the first n_dense_layers and for the shared experts of DeepSeekMoE.
+Legend: D model dim, F hidden dim.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dsv3_jax.layers.linear import matmul_fn, normal_init
+
+
+def swiglu(x, w1, w2, w3, mm):
+    """x [..., D] -> [..., D] with w1, w3 [D, F] and w2 [F, D]."""
+    return mm(jax.nn.silu(mm(x, w1)) * mm(x, w3), w2)
+
+
+class MLP(nn.Module):
+    """Holds w1, w2, w3 of a SwiGLU MLP with `hidden` channels."""
+
+    cfg: "object"
+    hidden: int
+
+    @nn.compact
+    def __call__(self, x):
+        c, f = self.cfg, self.hidden
+
+        def w(name, shape, axes):
+            return self.param(name, nn.with_logical_partitioning(normal_init(c.init_std), axes), shape, jnp.float32)
+
+        w1 = w("w1", (c.dim, f), ("embed", "mlp"))
+        w2 = w("w2", (f, c.dim), ("mlp", "embed"))
+        w3 = w("w3", (c.dim, f), ("embed", "mlp"))
+        return swiglu(x, w1, w2, w3, matmul_fn(c))

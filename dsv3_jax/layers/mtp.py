@@ -1,0 +1,40 @@
+"""Multi-Token Prediction module k (V3 report §2.2, eq. 21-25; README_WEIGHTS.md layout).
+
+    h'_i = eh_proj([enorm(Emb(t_{i+k})); hnorm(h^{k-1}_i)])     EMBEDDING FIRST, as the released weights
+    h^k  = Block(h')                                             one full transformer block
+    logits^k = Head(shared_head.norm(h^k))                       embedding and head shared with the model
+
+Position i of module k predicts token t_{i+k+1}. Legend: B batch, T positions, D model dim.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dsv3_jax.layers.block import Block
+from dsv3_jax.layers.linear import Linear
+from dsv3_jax.layers.norms import RMSNorm
+
+
+class MTPModule(nn.Module):
+    """Holds enorm, hnorm, eh_proj (2D -> D), the block and the shared-head norm of one MTP depth."""
+
+    cfg: "object"
+
+    @nn.compact
+    def __call__(self, h, emb_ahead, positions, mask):
+        """h [B,T,D] (previous depth's hidden), emb_ahead [B,T,D] = Emb(t_{i+k}) -> (h^k, norm(h^k), stats)."""
+        c = self.cfg
+        x = jnp.concatenate([RMSNorm(c.norm_eps, name="enorm")(emb_ahead),
+                             RMSNorm(c.norm_eps, name="hnorm")(h)], axis=-1)
+        x = Linear(c.dim, (None, "embed"), c.init_std, jnp.dtype(c.dtype), name="eh_proj")(x)
+        x, stats = Block(c, moe=c.n_moe_layers > 0, name="block")(x, positions, mask)
+        return x, RMSNorm(c.norm_eps, name="norm")(x), stats
+
+
+def tokens_ahead(tokens, k: int, fill: int = 0):
+    """t_{i+k} for every position i of tokens [B, T]; positions past the end get `fill` (their MTP outputs
+    are masked out of the loss and, by causality, never reach earlier positions)."""
+    pad = jnp.full((tokens.shape[0], k), fill, tokens.dtype)
+    return jnp.concatenate([tokens[:, k:], pad], axis=1)

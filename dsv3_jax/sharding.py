@@ -1,0 +1,82 @@
+"""Logical axis names -> mesh axes: the ONLY place mesh axis names appear (DESIGN.md principle 5).
+
+Mesh axes: data (pure data parallel), fsdp (ZeRO: params and optimizer state sharded, also a batch axis),
+expert (expert parallelism; also a batch axis, as DeepSeek's EP ranks are DP ranks), pipe (pipeline stages),
+tensor (tensor parallelism; DeepSeek-V3 uses none, REFERENCE §4, but the axis exists for research).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "expert", "pipe", "tensor")
+
+# Logical name -> mesh axis (or tuple of axes, or None = replicated).
+LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp", "expert")),
+    ("seq", None),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("q_lora", None),
+    ("kv_lora", None),
+    ("mlp", "tensor"),
+    ("expert", "expert"),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("stage", "pipe"),
+)
+
+
+def mesh_shape(mesh_cfg: Mapping[str, int], n_devices: int) -> dict[str, int]:
+    """Resolve a {axis: size} mapping (one size may be -1 = the rest) against the device count."""
+    unknown = sorted(set(mesh_cfg) - set(MESH_AXES))
+    if unknown:
+        raise ValueError(f"mesh: unknown axis {unknown}; axes are {MESH_AXES}")
+    sizes = {a: int(mesh_cfg.get(a, 1)) for a in MESH_AXES}
+    free = [a for a, s in sizes.items() if s == -1]
+    if len(free) > 1:
+        raise ValueError(f"mesh: at most one axis may be -1, got {free}")
+    bad = [a for a, s in sizes.items() if s == 0 or s < -1]
+    if bad:
+        raise ValueError(f"mesh: axis sizes must be positive or -1, got {[(a, sizes[a]) for a in bad]}")
+    fixed = math.prod(s for s in sizes.values() if s != -1)
+    if free:
+        if n_devices % fixed:
+            raise ValueError(f"mesh: the fixed axes multiply to {fixed}, which does not divide the "
+                             f"{n_devices} devices")
+        sizes[free[0]] = n_devices // fixed
+    if math.prod(sizes.values()) != n_devices:
+        raise ValueError(f"mesh: shape {sizes} has {math.prod(sizes.values())} devices, "
+                         f"but {n_devices} are available")
+    return sizes
+
+
+def make_mesh(mesh_cfg: Mapping[str, int] | None = None, devices=None) -> Mesh:
+    """A Mesh over all (or the given) devices with axes MESH_AXES, Auto axis types (GSPMD propagation)."""
+    devices = jax.devices() if devices is None else list(devices)
+    sizes = mesh_shape(mesh_cfg or {"data": -1}, len(devices))
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    arr = np.asarray(devices).reshape(shape)
+    return Mesh(arr, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_spec(names) -> P:
+    """PartitionSpec of a tuple of logical names under LOGICAL_RULES."""
+    return nn.logical_to_mesh_axes(tuple(names), LOGICAL_RULES)
+
+
+def tree_shardings(boxed_tree, mesh: Mesh):
+    """NamedShardings for a (possibly abstract) tree of nn.Partitioned leaves; plain leaves replicate."""
+    specs = nn.get_partition_spec(boxed_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Sharding of a [B, T, ...] batch: B over the batch axes, the rest replicated."""
+    return NamedSharding(mesh, logical_spec(("batch",) + ("seq",) + (None,) * (ndim - 2)))

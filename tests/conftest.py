@@ -1,0 +1,44 @@
+"""Shared test fixtures: tiny float32 configs and helpers to run code on fake CPU devices."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dsv3_jax.config import ModelConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    """A very small model with every mechanism: 1 dense + 2 MoE layers, 4 groups, shared expert, YaRN, MTP."""
+    base = dict(vocab_size=61, dim=32, inter_dim=48, moe_inter_dim=16, n_layers=3, n_dense_layers=1, n_heads=2,
+                n_routed_experts=8, n_shared_experts=1, n_activated_experts=3, n_expert_groups=4,
+                n_limited_groups=2, score_func="sigmoid", route_scale=2.5, router_bias=True,
+                q_lora_rank=16, kv_lora_rank=12, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8,
+                max_seq_len=64, original_seq_len=16, rope_factor=4.0, mtp_depth=1, dtype="float32",
+                init_std=0.2)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+@pytest.fixture
+def tiny_cfg():
+    return tiny_config()
+
+
+def run_with_devices(code: str, n_devices: int = 8, timeout: int = 300) -> str:
+    """Run `code` in a fresh Python with n fake CPU devices (XLA_FLAGS must precede the jax import)."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=REPO)
+    if proc.returncode != 0:
+        raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout

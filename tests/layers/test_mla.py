@@ -1,0 +1,84 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dsv3_jax.layers.attention_core import causal_mask
+from dsv3_jax.layers.baseline_attention import GQA
+from dsv3_jax.layers.mla import MLA, mla_train
+from dsv3_jax.layers.rope import rope_frequencies
+from tests import reference as ref
+from tests.conftest import tiny_config
+
+B, T = 2, 7
+
+
+def _inputs(cfg, seed=0):
+    x = np.random.default_rng(seed).normal(size=(B, T, cfg.dim)).astype(np.float32)
+    idx = jnp.broadcast_to(jnp.arange(T), (B, T))
+    return x, idx
+
+
+def _init(module, x, idx, mask):
+    return nn.unbox(module.init(jax.random.key(0), jnp.asarray(x), idx, mask)["params"])
+
+
+@pytest.mark.parametrize("q_lora_rank", [16, 0])
+@pytest.mark.parametrize("yarn", [True, False])
+def test_mla_matches_reference(q_lora_rank, yarn):
+    cfg = tiny_config(q_lora_rank=q_lora_rank, max_seq_len=64 if yarn else 16)
+    x, idx = _inputs(cfg)
+    mask = causal_mask(idx, idx)
+    params = _init(MLA(cfg), x, idx, mask)
+    assert ("wq_a" in params) == bool(q_lora_rank)
+    out = MLA(cfg).apply({"params": params}, jnp.asarray(x), idx, mask)
+    rc = ref.ref_config(cfg)
+    for b in range(B):
+        np.testing.assert_allclose(out[b], ref.mla(x[b].astype(np.float64), ref.f64(params), rc, np.arange(T)),
+                                   rtol=2e-5, atol=2e-5)
+
+
+def test_mla_segments_and_positions():
+    cfg = tiny_config()
+    x, idx = _inputs(cfg, 1)
+    seg = jnp.asarray([[0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0]])
+    pos = jnp.asarray([[0, 1, 2, 0, 1, 2, 3], list(range(T))])  # positions restart per document
+    mask = causal_mask(idx, idx, seg, seg)
+    params = _init(MLA(cfg), x, idx, mask)
+    out = MLA(cfg).apply({"params": params}, jnp.asarray(x), pos, mask)
+    rc = ref.ref_config(cfg)
+    for b in range(B):
+        want = ref.mla(x[b].astype(np.float64), ref.f64(params), rc, np.asarray(pos[b]), np.asarray(seg[b]))
+        np.testing.assert_allclose(out[b], want, rtol=2e-5, atol=2e-5)
+    # The second document of row 0 equals that document run alone.
+    alone = MLA(cfg).apply({"params": params}, jnp.asarray(x[:1, 3:]), jnp.arange(4)[None],
+                           causal_mask(jnp.arange(4)[None], jnp.arange(4)[None]))
+    np.testing.assert_allclose(out[0, 3:], alone[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("q_lora_rank", [16, 0])
+def test_absorbed_equals_naive(q_lora_rank):
+    cfg = tiny_config(q_lora_rank=q_lora_rank)
+    x, idx = _inputs(cfg, 2)
+    seg = jnp.asarray([[0, 0, 1, 1, 1, 2, 2]] * B)
+    mask = causal_mask(idx, idx, seg, seg)
+    params = _init(MLA(cfg), x, idx, mask)
+    naive = mla_train(jnp.asarray(x), params, idx, mask, cfg, absorb=False)
+    absorbed = mla_train(jnp.asarray(x), params, idx, mask, cfg, absorb=True)
+    np.testing.assert_allclose(naive, absorbed, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention, n_kv_heads", [("mha", 0), ("gqa", 1)])
+def test_baseline_attention_matches_reference(attention, n_kv_heads):
+    cfg = tiny_config(attention=attention, n_kv_heads=n_kv_heads)
+    x, idx = _inputs(cfg, 3)
+    mask = causal_mask(idx, idx)
+    params = _init(GQA(cfg), x, idx, mask)
+    out = GQA(cfg).apply({"params": params}, jnp.asarray(x), idx, mask)
+    freqs = rope_frequencies(cfg.qk_head_dim, cfg.rope_theta, yarn=True, factor=cfg.rope_factor,
+                             original_seq_len=cfg.original_seq_len)
+    for b in range(B):
+        want = ref.gqa(x[b].astype(np.float64), ref.f64(params), cfg.n_heads, cfg.kv_heads,
+                       ref.ref_config(cfg)["scale"], freqs, np.arange(T))
+        np.testing.assert_allclose(out[b], want, rtol=2e-5, atol=2e-5)
