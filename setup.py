@@ -18,15 +18,21 @@ setup(
         "ml-collections>=1.0",
         "chex>=0.1.90",
         "numpy>=1.26",
+        "absl-py>=2.0",
+        "grain>=0.2.18",
+        "tensorboardX>=2.6",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5"],
         # torch: on CPU-only machines install torch==2.13.0 (the CPU build) first; see README.
-        "hf": ["torch>=2.13", "transformers>=4.48", "safetensors>=0.4"],
-        "notebook": ["jupyter", "nbclient>=0.10", "ipykernel", "matplotlib>=3.8"],
+        "hf": ["torch>=2.13", "transformers>=4.48", "safetensors>=0.4", "datasets"],
+        "notebook": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "matplotlib>=3.8"],
         "triton": ["jax-triton>=0.3"],
     },
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "dsv3-train=dsv3_jax.cli.train:main",
+            "dsv3-report=dsv3_jax.cli.report:main",
+        ],
     },
 )

@@ -1,0 +1,253 @@
+"""The input pipeline: packed windows -> seeded order -> global batch -> this host's rows, run by grain.
+
+Batches are dicts of int32 numpy arrays, `{"inputs": [b, T], "targets": [b, T]}` with targets = inputs
+shifted by one token (packing.py), b = train.batch_size // process_count rows for this host. Segment ids
+and positions are not included (DeepSeek-V3 packs without cross-document masking); derive them with
+`packing.document_segments(batch["inputs"])` when needed. Training batches never contain PAD; in
+validation batches a target equal to `tokenizer.PAD_ID` is padding and must be masked out of the loss.
+
+Order (sampler.py): a fresh seeded permutation of the windows per epoch; consecutive runs of `batch_size`
+samples form the GLOBAL batches, and host p takes rows [p*b, (p+1)*b) of each, so hosts are disjoint, their
+union is the global batch, and the sequence of global batches does not depend on the host count.
+
+Execution: global batch k is a pure function of k, run by a grain `MapDataset` (`MapDataset.range` ->
+`map`; grain's iterator state is `{"next_index": k}`) when grain is installed, or by a small built-in
+iterator with the same state otherwise (`backend="auto"` says so once; the GPU machine has no grain).
+Both give identical batches, so checkpoints move freely between them.
+
+Checkpointing: `TrainIterator.get_state()` is a small JSON-serializable dict (the next batch index plus a
+fingerprint of seq_len, batch size, seed and a digest of the token stream). `set_state` on a fresh
+iterator over the same data resumes with exactly the next batch, also under another host count or
+backend; a state from different data or settings is a ValueError naming what differs.
+
+Validation: every val token is evaluated once, in a fixed order (a permutation with a constant seed so
+that the first k batches are an unbiased sample); the final window and final global batch are padded with
+PAD. Nothing here imports jax: arrays stay on the host until the training loop places them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from dsv3_jax.data import baseline, corpus, packing, sampler
+from dsv3_jax.data.tokenizer import PAD_ID
+
+try:
+    import grain
+except ImportError:  # optional at runtime: the built-in iterator gives the same batches
+    grain = None
+
+STATE_FORMAT = "dsv3_jax.data.TrainIterator/1"
+BACKENDS = ("auto", "grain", "numpy")
+VAL_ORDER_SEED = 0
+_MAX_BATCHES = 2**62  # "infinite" index range for grain's MapDataset
+_warned_no_grain = []
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    """What the pipeline was built from; `summary()` is the line the training loop prints."""
+
+    corpus_summary: str
+    train_docs: int
+    val_docs: int
+    train_tokens: int
+    val_tokens: int
+    train_windows: int
+    train_tokens_left_out: int  # the final remainder of the train stream (< seq_len)
+    val_unigram_bits_per_byte: float  # nan when there is no val split
+
+    def summary(self) -> str:
+        """Corpus line, split sizes and the val byte-unigram baseline."""
+        return (f"{self.corpus_summary}\n  train: {self.train_docs} docs, {self.train_tokens:,} tokens, "
+                f"{self.train_windows:,} windows ({self.train_tokens_left_out} final tokens left out); "
+                f"val: {self.val_docs} docs, {self.val_tokens:,} tokens, byte-unigram entropy "
+                f"{self.val_unigram_bits_per_byte:.4f} bits/byte")
+
+
+def check_seq_len(seq_len: int, max_seq_len: int) -> None:
+    """ValueError unless 1 <= train.seq_len <= model.max_seq_len, naming both numbers."""
+    if not 1 <= seq_len <= max_seq_len:
+        raise ValueError(f"train.seq_len={seq_len} must be between 1 and the model's max_seq_len="
+                         f"{max_seq_len} (model.max_seq_len: the positions RoPE/YaRN is configured for)")
+
+
+def host_rows(batch_size: int, process_index: int, process_count: int) -> slice:
+    """Rows of the global batch that belong to `process_index`; ValueError on an uneven split."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
+    if batch_size < 1 or batch_size % process_count:
+        raise ValueError(f"train.batch_size={batch_size} (the global batch) must be a positive multiple "
+                         f"of process_count={process_count}")
+    local = batch_size // process_count
+    return slice(process_index * local, (process_index + 1) * local)
+
+
+def stream_digest(stream: np.ndarray) -> str:
+    """A short content digest of a token stream, stored in iterator states to catch data changes."""
+    return hashlib.blake2b(np.ascontiguousarray(stream).tobytes(), digest_size=8).hexdigest()
+
+
+def batch_fn(stream: np.ndarray, seq_len: int, order: sampler.WindowOrder,
+             rows: slice) -> Callable[[int], dict[str, np.ndarray]]:
+    """Global batch index -> this host's {"inputs", "targets"} batch."""
+    def make(batch_index: int) -> dict[str, np.ndarray]:
+        ids = order.window_ids(int(batch_index))[rows]
+        return packing.split_inputs_targets(packing.gather_windows(stream, ids, seq_len))
+    return make
+
+
+def resolve_backend(backend: str) -> str:
+    """The executor ("grain" or "numpy") for `backend`; fails fast when grain is asked for but missing."""
+    if backend not in BACKENDS:
+        raise ValueError(f"data.backend={backend!r} is not one of {BACKENDS}")
+    if backend == "grain" and grain is None:
+        raise ValueError("data.backend='grain' but the `grain` package is not installed (pip install grain); "
+                         "use data.backend='auto' or 'numpy' for the built-in iterator (same batches)")
+    if backend == "auto" and grain is None:
+        if not _warned_no_grain:
+            logging.getLogger(__name__).warning("grain is not installed; using the built-in data iterator "
+                                                "(identical batches and checkpoint state)")
+            _warned_no_grain.append(True)
+        return "numpy"
+    return "grain" if backend == "auto" else backend
+
+
+class _IndexIterator:
+    """The built-in executor: yields fn(k) for k = next_index, next_index + 1, ...; grain's state shape."""
+
+    def __init__(self, fn: Callable[[int], Any]):
+        self._fn, self._next = fn, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        out = self._fn(self._next)
+        self._next += 1
+        return out
+
+    def get_state(self) -> dict[str, int]:
+        return {"next_index": self._next}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self._next = int(state["next_index"])
+
+
+def _executor(fn: Callable[[int], Any], backend: str):
+    """An iterator over fn(0), fn(1), ... with get_state/set_state {"next_index": k}."""
+    if resolve_backend(backend) == "numpy":
+        return _IndexIterator(fn)
+    options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)  # in-memory data: no threads
+    return iter(grain.MapDataset.range(_MAX_BATCHES).map(fn).to_iter_dataset(options))
+
+
+class TrainIterator:
+    """Infinite iterator of this host's training batches, with a JSON-serializable checkpoint state."""
+
+    def __init__(self, stream: np.ndarray, seq_len: int, batch_size: int, seed: int,
+                 process_index: int = 0, process_count: int = 1, info: DataInfo | None = None,
+                 backend: str = "auto"):
+        rows = host_rows(batch_size, process_index, process_count)
+        n = packing.num_windows(len(stream), seq_len)
+        if n < 1:
+            raise ValueError(f"the train split has {len(stream)} tokens, fewer than train.seq_len + 1 = "
+                             f"{seq_len + 1}; use more data or a shorter train.seq_len")
+        if not 0 <= seed < 2**63:
+            raise ValueError(f"train.seed={seed} must be in [0, 2**63) for the data order")
+        order = sampler.WindowOrder(n, batch_size, seed)
+        self._it = _executor(batch_fn(stream, seq_len, order, rows), backend)
+        self.fingerprint = {"seq_len": int(seq_len), "batch_size": int(batch_size), "seed": int(seed),
+                            "num_windows": n, "stream_digest": stream_digest(stream)}
+        self.info = info
+
+    def __iter__(self) -> "TrainIterator":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._it)
+
+    @property
+    def batches_per_epoch(self) -> float:
+        """Global batches per pass over the train windows."""
+        return self.fingerprint["num_windows"] / self.fingerprint["batch_size"]
+
+    def get_state(self) -> dict[str, Any]:
+        """The position in the batch sequence, as a JSON-serializable dict (save it with the model)."""
+        return {"format": STATE_FORMAT, "next_batch": int(self._it.get_state()["next_index"]),
+                "fingerprint": dict(self.fingerprint)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Resume at `state` (from `get_state`, possibly of another process or host count)."""
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or "next_batch" not in state:
+            raise ValueError(f"data iterator state must be a dict from TrainIterator.get_state() with "
+                             f"format={STATE_FORMAT!r}; got {str(state)[:200]}")
+        saved = state.get("fingerprint", {})
+        diffs = [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in self.fingerprint.items()
+                 if saved.get(k) != v]
+        if diffs:
+            raise ValueError("data iterator state was saved for different data or settings ("
+                             + "; ".join(diffs) + "); resuming would not replay the same batches")
+        self._it.set_state({"next_index": int(state["next_batch"])})
+
+
+class ValBatches:
+    """Callable giving a fresh, deterministic iterator over this host's validation batches."""
+
+    def __init__(self, stream: np.ndarray, seq_len: int, batch_size: int,
+                 process_index: int = 0, process_count: int = 1, info: DataInfo | None = None):
+        self._rows = host_rows(batch_size, process_index, process_count)
+        self._padded, n = packing.padded_windows(stream, seq_len)
+        self._seq_len, self._batch_size = seq_len, batch_size
+        self._order = sampler.epoch_permutation(n, VAL_ORDER_SEED, 0)
+        self.tokens = stream
+        self.info = info
+
+    @property
+    def num_batches(self) -> int:
+        """Global batches in one full pass (the last one padded)."""
+        return math.ceil(len(self._order) / self._batch_size)
+
+    def __call__(self, max_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Batches in a fixed order; `max_batches` stops early (the same prefix every call)."""
+        count = self.num_batches if max_batches is None else min(max_batches, self.num_batches)
+        for k in range(count):
+            ids = self._order[k * self._batch_size: (k + 1) * self._batch_size]
+            windows = packing.gather_windows(self._padded, ids, self._seq_len)
+            if len(ids) < self._batch_size:  # pad the last global batch with all-PAD rows
+                pad = np.full((self._batch_size - len(ids), self._seq_len + 1), PAD_ID, np.int32)
+                windows = np.concatenate([windows, pad])
+            yield packing.split_inputs_targets(windows[self._rows])
+
+
+def make_datasets(data_cfg: Any, train_cfg: Any, max_seq_len: int, process_index: int = 0,
+                  process_count: int = 1) -> tuple[TrainIterator, Callable[..., Iterator[dict]]]:
+    """(train_iter, val_batches_fn) for the training loop, from the `data` and `train` config blocks.
+
+    `val_batches_fn(max_batches=None)` returns a fresh iterator; `train_iter.info` and `val_batches_fn.info`
+    hold the DataInfo (corpus summary, sizes, val byte-unigram baseline).
+    """
+    seq_len = int(corpus.field(train_cfg, "seq_len", 0))
+    batch_size = int(corpus.field(train_cfg, "batch_size", 0))
+    check_seq_len(seq_len, max_seq_len)
+    host_rows(batch_size, process_index, process_count)
+    full = corpus.load_corpus(data_cfg)
+    train_docs, val_docs = corpus.split_documents(full.documents,
+                                                  float(corpus.field(data_cfg, "val_fraction", 0.02)))
+    train_stream = packing.pack_documents([d.text for d in train_docs])
+    val_stream = packing.pack_documents([d.text for d in val_docs])
+    n = packing.num_windows(len(train_stream), seq_len)
+    info = DataInfo(
+        corpus_summary=full.summary(), train_docs=len(train_docs), val_docs=len(val_docs),
+        train_tokens=len(train_stream), val_tokens=len(val_stream), train_windows=n,
+        train_tokens_left_out=max(0, len(train_stream) - 1 - n * seq_len),
+        val_unigram_bits_per_byte=baseline.unigram_bits_per_byte(val_stream) if val_docs else math.nan)
+    train_iter = TrainIterator(train_stream, seq_len, batch_size, int(corpus.field(train_cfg, "seed", 0)),
+                               process_index, process_count, info, corpus.field(data_cfg, "backend", "auto"))
+    return train_iter, ValBatches(val_stream, seq_len, batch_size, process_index, process_count, info)
