@@ -1,0 +1,77 @@
+"""Per-token activation inventory of one transformer block, for the training-memory estimate (memory.py).
+
+Each entry is a tensor the backward pass needs, in values per token: (name, values, kind, fp32) where kind is
+"input" (the block's residual-stream input, kept under every policy), "dot" (output of a weight matmul),
+"batch_dot" (attention core: a matmul with batch dims) or "other" (norms, activations, dispatch copies). fp32 entries are kept in float32 whatever the compute dtype
+(router scores, DESIGN principle 6). The attention core is assumed flash-style: it keeps its output and the
+softmax log-sum-exp per head, never the T×T probabilities (`flash=False` adds them).
+"""
+
+from __future__ import annotations
+
+from dsv3_jax.config import ModelConfig
+
+Entry = tuple[str, float, str, bool]
+
+
+def attention_entries(cfg: ModelConfig, seq_len: int, flash: bool = True) -> list[Entry]:
+    """Tensors saved by one attention sub-layer (MLA: V3 report eq. 1-11; GQA/MHA baselines)."""
+    d, h, dqk, dv = cfg.dim, cfg.n_heads, cfg.qk_head_dim, cfg.v_head_dim
+    out: list[Entry] = [("block_input", d, "input", False), ("attn_norm_out", d, "other", False)]
+    if cfg.attention == "mla":
+        if cfg.q_lora_rank:
+            out += [("wq_a", cfg.q_lora_rank, "dot", False), ("q_norm", cfg.q_lora_rank, "other", False)]
+        out += [("q", h * dqk, "dot", False), ("q_rope", h * cfg.qk_rope_head_dim, "other", False),
+                ("wkv_a", cfg.kv_lora_rank + cfg.qk_rope_head_dim, "dot", False),
+                ("kv_norm", cfg.kv_lora_rank, "other", False),
+                ("wkv_b", h * (cfg.qk_nope_head_dim + dv), "dot", False)]
+    else:
+        g = cfg.kv_heads
+        out += [("q", h * dqk, "dot", False), ("k", g * dqk, "dot", False), ("v", g * dv, "dot", False)]
+    out += [("attn_out", h * dv, "batch_dot", False), ("softmax_lse", h, "other", True)]
+    if not flash:
+        out.append(("softmax_probs", h * seq_len / 2, "other", False))  # causal: half the T×T matrix
+    out.append(("wo", d, "dot", False))
+    return out
+
+
+def ffn_entries(cfg: ModelConfig, moe: bool) -> list[Entry]:
+    """Tensors saved by one FFN sub-layer: dense SwiGLU or DeepSeekMoE (V3 report §2.1.2)."""
+    d = cfg.dim
+    out: list[Entry] = [("ffn_norm_in", d, "other", False), ("ffn_norm_out", d, "other", False)]
+    if not moe:
+        f = cfg.inter_dim
+        return out + [("w1", f, "dot", False), ("w3", f, "dot", False), ("swiglu", f, "other", False),
+                      ("w2", d, "dot", False)]
+    k, f, s = cfg.n_activated_experts, cfg.moe_inter_dim, cfg.n_shared_experts
+    out += [("gate_scores", cfg.n_routed_experts, "dot", True),
+            ("dispatched", k * d, "other", False),
+            ("expert_w1", k * f, "dot", False), ("expert_w3", k * f, "dot", False),
+            ("expert_swiglu", k * f, "other", False), ("expert_w2", k * d, "dot", False)]
+    if s:
+        out += [("shared_w1", s * f, "dot", False), ("shared_w3", s * f, "dot", False),
+                ("shared_swiglu", s * f, "other", False), ("shared_w2", d, "dot", False)]
+    return out
+
+
+def block_entries(cfg: ModelConfig, moe: bool, seq_len: int, flash: bool = True) -> list[Entry]:
+    return attention_entries(cfg, seq_len, flash) + ffn_entries(cfg, moe)
+
+
+def saved_bytes_per_token(entries: list[Entry], policy: str, compute_bytes: int) -> float:
+    """Bytes per token one block keeps for the backward pass under a remat policy (ModelConfig.remat).
+
+    none: everything. dots: matmul outputs incl. the attention core (jax.checkpoint_policies.dots_saveable).
+    dots_no_batch: weight-matmul outputs only (checkpoint_dots_with_no_batch_dims). full: only the block
+    input; everything else is recomputed. The block input is kept under every policy.
+    """
+    keep = {"none": ("input", "dot", "batch_dot", "other"), "dots": ("input", "dot", "batch_dot"),
+            "dots_no_batch": ("input", "dot"), "full": ("input",)}
+    if policy not in keep:
+        raise ValueError(f"remat policy: expected one of {sorted(keep)}, got {policy!r}")
+    return sum(n * (4 if fp32 else compute_bytes) for _, n, kind, fp32 in entries if kind in keep[policy])
+
+
+def working_bytes_per_token(entries: list[Entry], compute_bytes: int) -> float:
+    """Bytes per token of one block's full activation set (alive while it is recomputed / differentiated)."""
+    return saved_bytes_per_token(entries, "none", compute_bytes)
