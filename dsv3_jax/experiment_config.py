@@ -38,12 +38,23 @@ def experiment_config(model: dict) -> ml_collections.ConfigDict:
         bias_update_speed=1e-3,  # gamma
         log_every=10,
         eval_every=100,
+        eval_batches=8,  # val batches per eval (the val order is fixed, so this is the same sample each time)
         checkpoint_every=200,
+        sample_tokens=200,  # greedy sample printed at the end (0 = none)
+        sample_prompt="def ",
     ))
     cd.data = ml_collections.ConfigDict(dict(
         source="stdlib",  # "stdlib" | "files" | "synthetic" | "hf"
-        path="",
+        path="",  # glob of .txt/.jsonl files (source "files") or a dataset name (source "hf")
         val_fraction=0.02,
+        max_docs=0,  # cap on documents (0 = all)
+        text_field="text",  # jsonl / hf column
+        skip_non_utf8=False,  # user files that are not UTF-8 are an error unless this is set
+        hf_config="",
+        hf_split="train",
+        synthetic_bytes=2_000_000,
+        seed=0,
+        backend="auto",  # "auto" | "grain" | "numpy" (same batches either way)
     ))
     cd.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, pipe=1, tensor=1))
     return cd

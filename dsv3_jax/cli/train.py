@@ -1,0 +1,45 @@
+"""`dsv3-train --config=configs/tiny.py --workdir=runs/tiny [--config.train.steps=300]`.
+
+Only parses flags and calls `dsv3_jax.train.loop.train` (DESIGN.md principle 10).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics; reused to resume.")
+
+
+def _run(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from dsv3_jax.train.loop import NonFiniteLossError, train  # after flag parsing: jax starts here
+
+    try:
+        summary = train(_CONFIG.value, _WORKDIR.value)
+    except (ValueError, NonFiniteLossError) as e:
+        print(f"dsv3-train: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    sample = summary.pop("sample", None)
+    print(json.dumps({k: v if isinstance(v, (int, float, str)) else [float(x) for x in v]
+                      for k, v in summary.items()}, indent=1))
+    if "val_bits_per_byte" in summary:
+        print(f"val loss {summary['val_bits_per_byte']:.3f} bits/byte vs byte-unigram baseline "
+              f"{summary['val_unigram_bits_per_byte']:.3f} bits/byte")
+    if sample is not None:
+        print("greedy sample:\n" + sample)
+
+
+def main():
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(_run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training: optimizer and schedules, train state, the pure jitted train step, checkpoints, the main loop."""

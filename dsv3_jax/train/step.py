@@ -1,0 +1,93 @@
+"""The pure, jitted train step and eval step (V3 report §2, §4.2).
+
+    loss = CE + (λ/D) Σ_k L_MTP,k + α Σ_layers L_Bal          (eq. 17-20, 24-25)
+
+After the optimizer step the aux-loss-free bias moves toward balance (V3 report eq. 16 context):
+    b_i += γ · sign(mean_load − load_i)
+with loads counted over the WHOLE global batch of the step (jit computes the counts over the global array).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import dsv3_jax
+from dsv3_jax import losses
+from dsv3_jax.data.tokenizer import PAD_ID
+from dsv3_jax.train import schedules
+from dsv3_jax.train.state import TrainState
+
+
+def update_biases(router, counts, gamma):
+    """b += γ · sign(mean(load) − load) per MoE layer; `counts` has the router tree's structure."""
+    def one(b, c):
+        c = c.astype(jnp.float32)
+        return b + gamma * jnp.sign(jnp.mean(c, axis=-1, keepdims=True) - c)
+    return jax.tree.map(one, router, counts)
+
+
+def load_stats(counts):
+    """max/mean and min/mean expert load for every MoE layer, stacked [L] (main layers then MTP)."""
+    loads = jnp.concatenate([c.reshape(-1, c.shape[-1]) for c in jax.tree.leaves(counts)]).astype(jnp.float32)
+    mean = jnp.mean(loads, axis=-1)
+    return jnp.max(loads, axis=-1) / mean, jnp.min(loads, axis=-1) / mean
+
+
+def loss_fn(params, router, batch, cfg, lam, alpha):
+    out = dsv3_jax.DeepSeekV3(cfg).apply({"params": params, "router": router}, batch["inputs"])
+    mask = batch["targets"] != PAD_ID
+    ce = losses.cross_entropy(out.logits, batch["targets"], mask)
+    mtp = losses.mtp_loss(out.mtp_logits, batch["targets"], mask, lam)
+    bal = losses.balance_loss(out.aux, alpha)
+    return ce + mtp + bal, dict(ce=ce, mtp=mtp, balance=bal, counts=out.aux["expert_counts"])
+
+
+def train_step(state: TrainState, batch, *, cfg, optimizer, train_cfg):
+    """One optimizer step and one bias update; returns (new state, metrics)."""
+    t = train_cfg
+    lam = schedules.mtp_lambda(state.step, total=t.steps, start=t.mtp_lambda, end=t.mtp_lambda_final)
+    gamma = schedules.bias_update_speed(state.step, total=t.steps, gamma=t.bias_update_speed)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.router, batch, cfg, lam, t.balance_alpha)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    router = update_biases(state.router, aux["counts"], gamma) if cfg.router_bias else state.router
+    metrics = dict(loss=loss, ce=aux["ce"], mtp=aux["mtp"], balance=aux["balance"],
+                   grad_norm=optax.tree.norm(grads), mtp_lambda=lam, gamma=gamma,
+                   lr=schedules.learning_rate(state.step, peak=t.lr, total=t.steps, warmup=t.warmup_steps,
+                                              min_ratio=t.min_lr_ratio))
+    if aux["counts"]:
+        metrics["load_max"], metrics["load_min"] = load_stats(aux["counts"])
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, router=router)
+    return new, metrics
+
+
+def make_train_step(cfg, optimizer, train_cfg):
+    """jit(train_step) with the state donated."""
+    return jax.jit(functools.partial(train_step, cfg=cfg, optimizer=optimizer, train_cfg=train_cfg),
+                   donate_argnums=(0,))
+
+
+def eval_step(state: TrainState, batch, *, cfg):
+    """Sums for the eval metrics: byte NLL (nats) and count over byte targets, MTP depth-1 hits and count,
+    expert counts. Summed (not averaged) so batches of different fill combine exactly."""
+    out = dsv3_jax.DeepSeekV3(cfg).apply({"params": state.params, "router": state.router}, batch["inputs"])
+    targets = batch["targets"]
+    byte = (targets < 256).astype(jnp.float32)
+    logp = jax.nn.log_softmax(out.logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    sums = dict(nll=jnp.sum(nll * byte), bytes=jnp.sum(byte))
+    if cfg.mtp_depth:
+        # MTP depth 1 at position i predicts t_{i+2} = targets[i+1]: the second-token acceptance proxy.
+        hit = jnp.argmax(out.mtp_logits[0][:, :-1], axis=-1) == targets[:, 1:]
+        valid = (targets[:, 1:] != PAD_ID).astype(jnp.float32)
+        sums.update(mtp_hits=jnp.sum(hit * valid), mtp_count=jnp.sum(valid))
+    return sums, out.aux["expert_counts"]
+
+
+def make_eval_step(cfg):
+    return jax.jit(functools.partial(eval_step, cfg=cfg))
