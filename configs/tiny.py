@@ -19,6 +19,7 @@ def get_config(arg=None):
         max_seq_len=512, original_seq_len=128, rope_theta=10000.0, rope_factor=4.0,
         beta_fast=32, beta_slow=1, mscale=1.0,
         mtp_depth=1, dtype="float32", init_std=0.02,
+        moe_impl="blocked",  # XLA:CPU runs ragged_dot as a dense loop over experts; see layers/moe/dispatch.py
     ))
     cd.train.seq_len = 128
     cd.train.batch_size = 16

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 SCORE_FUNCS = ("softmax", "sigmoid")
 ATTENTIONS = ("mla", "mha", "gqa")
 DTYPES = ("float32", "bfloat16", "float16")
-MOE_IMPLS = ("ragged", "dense")
+MOE_IMPLS = ("ragged", "blocked", "dense")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 # Official-config name -> Hugging Face config.json name (REFERENCE §1).
@@ -89,7 +89,9 @@ class ModelConfig:
     n_kv_heads: int = 0  # GQA only: number of key/value heads (0 = n_heads)
     dtype: str = "float32"  # compute dtype; params are always float32
     init_std: float = 0.006  # V3 report §4.2
-    moe_impl: str = "ragged"  # "ragged": sort + grouped GEMM; "dense": per-expert loop (reference)
+    # "ragged": sort + grouped GEMM (jax.lax.ragged_dot; GPU); "blocked": sort + block-padded batched GEMM (fast
+    # on CPU); "dense": every expert on every token (the reference). All exact, none drops tokens.
+    moe_impl: str = "ragged"
     remat: str = "none"
 
     def __post_init__(self):

@@ -13,9 +13,10 @@ from dsv3_jax.config import ModelConfig
 
 def experiment_config(model: dict) -> ml_collections.ConfigDict:
     """A full experiment ConfigDict with the project's default train/data/mesh settings."""
-    ModelConfig.from_dict(model)  # fail at config-load time, naming the field
+    # Validate now (errors name the field) and list EVERY model field, so any of them can be overridden
+    # from the command line (--config.model.attention=gqa) or by an ablation.
     cd = ml_collections.ConfigDict()
-    cd.model = ml_collections.ConfigDict(model)
+    cd.model = ml_collections.ConfigDict(ModelConfig.from_dict(model).to_dict())
 
     cd.train = ml_collections.ConfigDict(dict(
         seed=0,

@@ -3,6 +3,10 @@
 `routed_experts_ragged`: sort the N·k (token, expert) assignments by expert, run each expert's SwiGLU on its
 contiguous slice with a grouped GEMM (`jax.lax.ragged_dot`), unsort and combine with the routing weights.
 Every assignment is computed: there is no capacity and nothing is dropped (V3 report §2.1.2 "No Token-Dropping").
+`routed_experts_blocked`: the same sort, but each expert's slice is padded to a multiple of `block` rows so
+the grouped GEMM becomes a batched matmul over blocks (each block belongs to one expert). XLA:CPU lowers
+ragged_dot to a dense loop over all E experts (E× the useful FLOPs); this path costs about M·D·F, so it is
+the fast choice on CPU. It gathers one weight matrix per block, which is too much memory at GPU scale.
 `routed_experts_dense`: every expert on every token, masked by the routing weights — the per-expert reference.
 
 Legend: N tokens, k experts per token, M = N·k assignments, D model dim, F expert hidden, E experts.
@@ -38,6 +42,30 @@ def routed_experts_ragged(x, weights, experts, w1, w2, w3, dtype):
     xs = jnp.take(x, order // k, axis=0)  # [M, D], assignment j of token t sits at t·k + j
     ys = grouped_swiglu(xs, w1, w2, w3, sizes, dtype)
     y = jnp.take(ys, inverse, axis=0).reshape(n, k, -1)
+    return jnp.einsum("nkd,nk->nd", y, weights.astype(dtype))
+
+
+def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int = 32):
+    """Like routed_experts_ragged, with the grouped GEMM done as a batched matmul over padded blocks."""
+    n, k = experts.shape
+    e, m = w1.shape[0], n * k
+    order, inverse, sizes = sort_assignments(experts, e)
+    padded = (sizes + block - 1) // block * block
+    start = jnp.cumsum(sizes) - sizes  # first sorted row of each expert
+    pstart = jnp.cumsum(padded) - padded  # first padded row of each expert
+    n_blocks = -(-(m + e * (block - 1)) // block)  # static upper bound on the padded blocks
+    expert_of_row = jnp.sort(experts.reshape(-1))
+    dest = pstart[expert_of_row] + jnp.arange(m) - start[expert_of_row]  # padded slot of each sorted row
+    buf = jnp.zeros((n_blocks * block, x.shape[1]), x.dtype).at[dest].set(jnp.take(x, order // k, axis=0))
+    block_expert = jnp.minimum(jnp.searchsorted(jnp.cumsum(padded), jnp.arange(n_blocks) * block, side="right"),
+                               e - 1)
+    xb = buf.reshape(n_blocks, block, -1).astype(dtype)
+
+    def bmm(a, w):
+        return jnp.einsum("jbi,jio->jbo", a, jnp.take(w, block_expert, axis=0).astype(dtype),
+                          preferred_element_type=jnp.float32).astype(dtype)
+    yb = bmm(jax.nn.silu(bmm(xb, w1)) * bmm(xb, w3), w2).reshape(n_blocks * block, -1)
+    y = jnp.take(jnp.take(yb, dest, axis=0), inverse, axis=0).reshape(n, k, -1)
     return jnp.einsum("nkd,nk->nd", y, weights.astype(dtype))
 
 

@@ -17,6 +17,8 @@ from dsv3_jax.layers.mlp import MLP
 from dsv3_jax.layers.moe import dispatch, router
 
 ROUTER_COLLECTION = "router"
+IMPLS = {"ragged": dispatch.routed_experts_ragged, "blocked": dispatch.routed_experts_blocked,
+         "dense": dispatch.routed_experts_dense}
 
 
 class RoutedExperts(nn.Module):
@@ -35,8 +37,7 @@ class RoutedExperts(nn.Module):
         w1 = w("w1", (e, d, f), ("expert", "embed", "mlp"))
         w2 = w("w2", (e, f, d), ("expert", "mlp", "embed"))
         w3 = w("w3", (e, d, f), ("expert", "embed", "mlp"))
-        impl = dispatch.routed_experts_ragged if c.moe_impl == "ragged" else dispatch.routed_experts_dense
-        return impl(x, weights, experts, w1, w2, w3, jnp.dtype(c.dtype))
+        return IMPLS[c.moe_impl](x, weights, experts, w1, w2, w3, jnp.dtype(c.dtype))
 
 
 class MoE(nn.Module):

@@ -22,11 +22,16 @@ def _problem(n=24, d=8, f=6, e=5, k=2, seed=0, skew=False):
     return x, w, experts, ws
 
 
+SORTED_IMPLS = [dispatch.routed_experts_ragged, dispatch.routed_experts_blocked,
+                lambda *a: dispatch.routed_experts_blocked(*a, block=4)]
+
+
+@pytest.mark.parametrize("impl", SORTED_IMPLS)
 @pytest.mark.parametrize("skew", [False, True])
-def test_ragged_equals_dense_and_loop(skew):
+def test_sorted_dispatch_equals_dense_and_loop(skew, impl):
     x, w, experts, (w1, w2, w3) = _problem(skew=skew)
     args = [jnp.asarray(a) for a in (x, w, experts, w1, w2, w3)]
-    ragged = dispatch.routed_experts_ragged(*args, jnp.float32)
+    ragged = impl(*args, jnp.float32)
     dense = dispatch.routed_experts_dense(*args, jnp.float32)
     np.testing.assert_allclose(ragged, dense, rtol=1e-5, atol=1e-6)
     loop = np.zeros_like(x, np.float64)
@@ -36,7 +41,8 @@ def test_ragged_equals_dense_and_loop(skew):
     np.testing.assert_allclose(ragged, loop, rtol=1e-5, atol=1e-5)
 
 
-def test_ragged_gradients_equal_dense():
+@pytest.mark.parametrize("impl", SORTED_IMPLS)
+def test_sorted_dispatch_gradients_equal_dense(impl):
     x, w, experts, (w1, w2, w3) = _problem(seed=3)
 
     def loss(impl, x, w, w1, w2, w3):
@@ -44,17 +50,18 @@ def test_ragged_gradients_equal_dense():
         return jnp.sum(jnp.sin(y))
 
     args = [jnp.asarray(a) for a in (x, w, w1, w2, w3)]
-    g_r = jax.grad(lambda *a: loss(dispatch.routed_experts_ragged, *a), argnums=(0, 1, 2, 3, 4))(*args)
+    g_r = jax.grad(lambda *a: loss(impl, *a), argnums=(0, 1, 2, 3, 4))(*args)
     g_d = jax.grad(lambda *a: loss(dispatch.routed_experts_dense, *a), argnums=(0, 1, 2, 3, 4))(*args)
     for a, b in zip(g_r, g_d):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_no_token_dropped_under_extreme_imbalance():
+@pytest.mark.parametrize("impl", SORTED_IMPLS)
+def test_no_token_dropped_under_extreme_imbalance(impl):
     # Every token to the same two experts: a capacity-based implementation would drop most of them.
     x, w, _, (w1, w2, w3) = _problem(n=64, seed=4)
     experts = np.tile(np.array([[2, 0]], np.int32), (64, 1))
-    y = dispatch.routed_experts_ragged(*[jnp.asarray(a) for a in (x, w, experts, w1, w2, w3)], jnp.float32)
+    y = impl(*[jnp.asarray(a) for a in (x, w, experts, w1, w2, w3)], jnp.float32)
     want = dispatch.routed_experts_dense(*[jnp.asarray(a) for a in (x, w, experts, w1, w2, w3)], jnp.float32)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
     assert np.all(np.abs(np.asarray(y)).sum(-1) > 0)
@@ -76,5 +83,6 @@ def test_moe_layer_matches_reference(overrides):
                            None if bias is None else bias.astype(np.float64), ref.ref_config(cfg))
     np.testing.assert_allclose(np.asarray(y).reshape(-1, cfg.dim), want, rtol=2e-5, atol=2e-5)
     np.testing.assert_array_equal(stats["counts"], np.bincount(np.ravel(chosen), minlength=cfg.n_routed_experts))
-    dense = MoE(cfg.replace(moe_impl="dense")).apply(variables, jnp.asarray(x))[0]
-    np.testing.assert_allclose(y, dense, rtol=1e-5, atol=1e-6)
+    for impl in ("dense", "blocked"):
+        other = MoE(cfg.replace(moe_impl=impl)).apply(variables, jnp.asarray(x))[0]
+        np.testing.assert_allclose(y, other, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,136 @@
+"""Run an ablation: train every variant of a base config, then write a markdown table and a loss plot.
+
+    python -m experiments.runner --ablation=balancing [--base=configs/tiny.py] [--steps=250]
+                                 [--workdir=runs/ablations]
+
+Writes <workdir>/<ablation>/{<variant>/…, results.md, loss.png}. A variant whose directory already holds a
+finished run is not retrained (delete it to rerun).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+import dsv3_jax
+from dsv3_jax.experiment_config import model_config
+from experiments.ablations import ABLATIONS
+
+
+def load_config(path: str):
+    spec = importlib.util.spec_from_file_location("base_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def apply_overrides(cd, overrides: dict):
+    """Set dotted keys (e.g. "model.mtp_depth"); an unknown key is an error naming it."""
+    for key, value in overrides.items():
+        section, field = key.split(".", 1)
+        block = cd[section]
+        if field not in block:
+            raise ValueError(f"override {key!r}: {section} has no field {field!r}")
+        block[field] = value
+    return cd
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def n_params(cd) -> int:
+    cfg = model_config(cd)
+    shapes = jax.eval_shape(lambda: dsv3_jax.DeepSeekV3(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))
+    return sum(x.size for x in jax.tree.leaves(nn.unbox(shapes["params"])))
+
+
+def summarize(name: str, cd, rows: list[dict], seconds: float) -> dict:
+    train = [r for r in rows if r["kind"] == "train"]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    last = evals[-1] if evals else {}
+    loads = last.get("val_load_max", [])
+    return {
+        "variant": name, "params": n_params(cd), "kv_bytes_per_token": model_config(cd).kv_cache_bytes_per_token(),
+        "final_train_ce": sum(r["ce"] for r in train[-10:]) / max(len(train[-10:]), 1),
+        "val_bits_per_byte": last.get("val_bits_per_byte"), "val_mtp_acc": last.get("val_mtp_acc"),
+        "val_load_max_over_mean": sum(loads) / len(loads) if loads else None, "minutes": seconds / 60,
+    }
+
+
+def _fmt(v):
+    if v is None:
+        return "–"
+    return f"{v:,}" if isinstance(v, int) else f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"
+
+
+def markdown_table(results: list[dict]) -> str:
+    cols = list(results[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r[c]) if c != "variant" else r[c] for c in cols) + " |" for r in results]
+    return "\n".join(lines)
+
+
+def plot_losses(curves: dict[str, list[tuple[int, float]]], path: str, title: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, pts in curves.items():
+        steps, ce = zip(*pts)
+        ax.plot(steps, ce, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("train cross-entropy (nats)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run_ablation(ablation: str, base: str, workdir: str, steps: int | None = None, log=print) -> list[dict]:
+    if ablation not in ABLATIONS:
+        raise ValueError(f"--ablation: unknown {ablation!r}; choose from {sorted(ABLATIONS)}")
+    from dsv3_jax.train.loop import train
+    out_dir = os.path.join(workdir, ablation)
+    results, curves = [], {}
+    for name, overrides in ABLATIONS[ablation].items():
+        cd = apply_overrides(load_config(base), overrides)
+        if steps:
+            cd.train.steps = steps
+        cd.train.eval_every = cd.train.steps
+        run_dir = os.path.join(out_dir, name)
+        t0 = time.time()
+        log(f"[{ablation}] training {name} ({cd.train.steps} steps) in {run_dir}")
+        train(cd, run_dir, log=log)
+        rows = read_metrics(run_dir)
+        results.append(summarize(name, cd, rows, time.time() - t0))
+        curves[name] = [(r["step"], r["ce"]) for r in rows if r["kind"] == "train"]
+    table = markdown_table(results)
+    with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
+        f.write(f"# {ablation}\n\n{table}\n")
+    plot_losses(curves, os.path.join(out_dir, "loss.png"), ablation)
+    log(table)
+    return results
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ablation", required=True, choices=sorted(ABLATIONS))
+    p.add_argument("--base", default="configs/tiny.py")
+    p.add_argument("--steps", type=int, default=250)
+    p.add_argument("--workdir", default="runs/ablations")
+    a = p.parse_args(argv)
+    run_ablation(a.ablation, a.base, a.workdir, a.steps)
+
+
+if __name__ == "__main__":
+    main()
