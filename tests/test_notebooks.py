@@ -1,0 +1,21 @@
+"""notebooks/quickstart.ipynb executes top to bottom (it trains the tiny model for a few steps)."""
+
+import os
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def test_quickstart_notebook_executes():
+    for mod in ("nbclient", "nbformat", "ipykernel", "matplotlib"):
+        pytest.importorskip(mod, reason=f"{mod} missing: pip install -e '.[notebook]'")
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(os.path.join(REPO, "notebooks", "quickstart.ipynb"), as_version=4)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # loss curve, expert-load heatmap
