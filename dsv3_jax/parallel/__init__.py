@@ -1,0 +1,1 @@
+"""Parallelism beyond plain data sharding: pipeline/ (schedules, simulator, shard_map executor)."""
