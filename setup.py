@@ -33,6 +33,7 @@ setup(
         "console_scripts": [
             "dsv3-train=dsv3_jax.cli.train:main",
             "dsv3-report=dsv3_jax.cli.report:main",
+            "dsv3-pipeline-sim=dsv3_jax.parallel.pipeline.simulate:main",
         ],
     },
 )
