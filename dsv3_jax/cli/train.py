@@ -38,6 +38,7 @@ def _run(argv):
 
 def main():
     flags.mark_flags_as_required(["config", "workdir"])
+    flags.FLAGS.set_default("verbosity", -1)  # WARNING: keep orbax's INFO lines off the progress bar
     app.run(_run)
 
 
