@@ -25,7 +25,7 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5"],
         # torch: on CPU-only machines install torch==2.13.0 (the CPU build) first; see README.
-        "hf": ["torch>=2.13", "transformers>=4.48", "safetensors>=0.4", "datasets"],
+        "hf": ["torch>=2.13", "transformers>=5.0", "safetensors>=0.4", "datasets"],
         "notebook": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "matplotlib>=3.8"],
         "triton": ["jax-triton>=0.3"],
     },
@@ -34,6 +34,7 @@ setup(
             "dsv3-train=dsv3_jax.cli.train:main",
             "dsv3-report=dsv3_jax.cli.report:main",
             "dsv3-pipeline-sim=dsv3_jax.parallel.pipeline.simulate:main",
+            "dsv3-convert=dsv3_jax.cli.convert:main",
         ],
     },
 )
