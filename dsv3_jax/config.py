@@ -14,8 +14,13 @@ from typing import Any, Mapping
 SCORE_FUNCS = ("softmax", "sigmoid")
 ATTENTIONS = ("mla", "mha", "gqa")
 DTYPES = ("float32", "bfloat16", "float16")
-MOE_IMPLS = ("ragged", "blocked", "dense")
+MOE_IMPLS = ("ragged", "blocked", "dense", "ep")
+EP_DISPATCH = ("auto", "all_to_all", "ragged")
+EP_PAYLOADS = ("compute", "fp8", "logfmt8", "logfmt10")
+EP_COMBINES = ("compute", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+FP8_RECIPES = ("none", "blockwise")  # quant/ also has "per_tensor_delayed"; not yet wired into the layers
+FP8_IMPLS = ("reference", "auto", "mosaic_gpu", "triton")
 
 # Official-config name -> Hugging Face config.json name (REFERENCE §1).
 HF_NAMES = {
@@ -90,9 +95,21 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; params are always float32
     init_std: float = 0.006  # V3 report §4.2
     # "ragged": sort + grouped GEMM (jax.lax.ragged_dot; GPU); "blocked": sort + block-padded batched GEMM (fast
-    # on CPU); "dense": every expert on every token (the reference). All exact, none drops tokens.
+    # on CPU); "dense": every expert on every token (the reference); "ep": expert parallelism over the mesh's
+    # expert axis (parallel/expert.py; the local path when there is none). All exact, none drops tokens.
     moe_impl: str = "ragged"
+    # Expert parallelism (moe_impl="ep"). ep_dispatch "auto": ragged_all_to_all on GPU/TPU, capacity-padded
+    # all_to_all on CPU, the local path when the expert axis has size 1; "ragged" / "all_to_all" force one
+    # (even at expert axis size 1). Payloads (V3 report §3.3): dispatch in the compute dtype, "fp8" (1x128
+    # E4M3 tiles, power-of-2 scales) or LogFMT-8/10 (Insights §3.2); combine in the compute dtype or bfloat16.
+    ep_dispatch: str = "auto"
+    ep_payload: str = "compute"
+    ep_combine: str = "compute"
+    ep_nodes: int = 0  # nodes the expert axis spans (consecutive blocks of ranks); 0 = not set (one node)
     remat: str = "none"
+    # FP8 training (V3 report §3.3): every Linear of MLA, the dense MLP and the routed experts through quant/.
+    fp8: str = "none"
+    fp8_impl: str = "reference"  # GEMM for blockwise FP8: jnp reference or a Pallas kernel
 
     def __post_init__(self):
         _validate(self)
@@ -175,7 +192,17 @@ def _validate(c: ModelConfig):
     _require(c.attention in ATTENTIONS, "attention", f"must be one of {ATTENTIONS}, got {c.attention!r}")
     _require(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {c.dtype!r}")
     _require(c.moe_impl in MOE_IMPLS, "moe_impl", f"must be one of {MOE_IMPLS}, got {c.moe_impl!r}")
+    _require(c.ep_dispatch in EP_DISPATCH, "ep_dispatch", f"must be one of {EP_DISPATCH}, got {c.ep_dispatch!r}")
+    _require(c.ep_payload in EP_PAYLOADS, "ep_payload", f"must be one of {EP_PAYLOADS}, got {c.ep_payload!r}")
+    _require(c.ep_combine in EP_COMBINES, "ep_combine", f"must be one of {EP_COMBINES}, got {c.ep_combine!r}")
+    _require(isinstance(c.ep_nodes, int) and c.ep_nodes >= 0, "ep_nodes",
+             f"must be a non-negative int, got {c.ep_nodes!r}")
     _require(c.remat in REMAT_POLICIES, "remat", f"must be one of {REMAT_POLICIES}, got {c.remat!r}")
+    _require(c.fp8 in FP8_RECIPES, "fp8", f"must be one of {FP8_RECIPES} (per_tensor_delayed exists in "
+             f"dsv3_jax.quant but is not wired into the layers yet), got {c.fp8!r}")
+    _require(c.fp8_impl in FP8_IMPLS, "fp8_impl", f"must be one of {FP8_IMPLS}, got {c.fp8_impl!r}")
+    _require(c.fp8 == "none" or c.moe_impl == "ragged", "moe_impl",
+             f"FP8 experts use the grouped GEMM: fp8={c.fp8!r} needs moe_impl='ragged', got {c.moe_impl!r}")
     _require(c.norm_eps > 0, "norm_eps", f"must be > 0, got {c.norm_eps}")
     _require(c.rope_theta > 0, "rope_theta", f"must be > 0, got {c.rope_theta}")
     _require(c.rope_factor >= 1, "rope_factor", f"must be >= 1, got {c.rope_factor}")

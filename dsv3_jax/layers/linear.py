@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -20,9 +21,24 @@ def matmul(x: jnp.ndarray, kernel: jnp.ndarray, dtype) -> jnp.ndarray:
 
 
 def matmul_fn(cfg):
-    """The `mm(x, kernel)` every Linear of the model uses, chosen once from the config."""
+    """The `mm(x, kernel)` every Linear of MLA and the MLPs uses, chosen once from the config (cfg.fp8)."""
     dtype = jnp.dtype(cfg.dtype)
+    if cfg.fp8 != "none":
+        from dsv3_jax.quant.recipe import make_matmul
+        fp8_mm = make_matmul(cfg.fp8, dtype=dtype, impl=cfg.fp8_impl)
+        return lambda x, kernel: fp8_mm(x, kernel)
     return lambda x, kernel: matmul(x, kernel, dtype)
+
+
+def grouped_matmul_fn(cfg):
+    """The grouped GEMM `gmm(x [M,K], w [E,K,N], group_sizes [E])` of the routed experts (cfg.fp8)."""
+    dtype = jnp.dtype(cfg.dtype)
+    if cfg.fp8 != "none":
+        from dsv3_jax.quant.recipe import make_ragged_dot
+        fp8_gmm = make_ragged_dot(cfg.fp8, dtype=dtype)
+        return lambda x, w, sizes: fp8_gmm(x, w, sizes)
+    return lambda x, w, sizes: jax.lax.ragged_dot(x.astype(dtype), w.astype(dtype), sizes,
+                                                  preferred_element_type=jnp.float32).astype(dtype)
 
 
 def normal_init(std: float):

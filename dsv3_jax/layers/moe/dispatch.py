@@ -27,20 +27,25 @@ def sort_assignments(experts, n_experts: int):
     return order, inverse, sizes
 
 
-def grouped_swiglu(xs, w1, w2, w3, sizes, dtype):
-    """Per-group SwiGLU on rows xs [M, D] grouped contiguously by `sizes` [E]; w1,w3 [E,D,F], w2 [E,F,D]."""
-    def gmm(a, w):
-        return jax.lax.ragged_dot(a.astype(dtype), w.astype(dtype), sizes,
-                                  preferred_element_type=jnp.float32).astype(dtype)
-    return gmm(jax.nn.silu(gmm(xs, w1)) * gmm(xs, w3), w2)
+def ragged_matmul(dtype):
+    """The default grouped GEMM: jax.lax.ragged_dot in `dtype` with fp32 accumulation."""
+    return lambda a, w, sizes: jax.lax.ragged_dot(a.astype(dtype), w.astype(dtype), sizes,
+                                                  preferred_element_type=jnp.float32).astype(dtype)
 
 
-def routed_experts_ragged(x, weights, experts, w1, w2, w3, dtype):
-    """x [N, D], weights/experts [N, k] -> Σ_k weights · expert(x) [N, D] via sort + ragged_dot."""
+def grouped_swiglu(xs, w1, w2, w3, sizes, dtype, gmm=None):
+    """Per-group SwiGLU on rows xs [M, D] grouped contiguously by `sizes` [E]; w1,w3 [E,D,F], w2 [E,F,D].
+    `gmm(a, w, sizes)` is the grouped GEMM (default: ragged_dot in `dtype`; or the FP8 one of quant/)."""
+    gmm = gmm or ragged_matmul(dtype)
+    return gmm(jax.nn.silu(gmm(xs, w1, sizes)) * gmm(xs, w3, sizes), w2, sizes)
+
+
+def routed_experts_ragged(x, weights, experts, w1, w2, w3, dtype, gmm=None):
+    """x [N, D], weights/experts [N, k] -> Σ_k weights · expert(x) [N, D] via sort + grouped GEMM."""
     n, k = experts.shape
     order, inverse, sizes = sort_assignments(experts, w1.shape[0])
     xs = jnp.take(x, order // k, axis=0)  # [M, D], assignment j of token t sits at t·k + j
-    ys = grouped_swiglu(xs, w1, w2, w3, sizes, dtype)
+    ys = grouped_swiglu(xs, w1, w2, w3, sizes, dtype, gmm)
     y = jnp.take(ys, inverse, axis=0).reshape(n, k, -1)
     return jnp.einsum("nkd,nk->nd", y, weights.astype(dtype))
 
