@@ -80,4 +80,6 @@ def _aux(counts, stats):
     if stats:
         aux["balance_f"] = jnp.concatenate([s["balance_f"] for s in stats])
         aux["balance_p"] = jnp.concatenate([s["balance_p"] for s in stats])
+    if stats and "comm_bytes" in stats[0]:  # moe_impl="ep": [L, 6] dispatch/combine bytes (parallel/)
+        aux["comm_bytes"] = jnp.concatenate([s["comm_bytes"] for s in stats])
     return aux

@@ -80,3 +80,22 @@ def tree_shardings(boxed_tree, mesh: Mesh):
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Sharding of a [B, T, ...] batch: B over the batch axes, the rest replicated."""
     return NamedSharding(mesh, logical_spec(("batch",) + ("seq",) + (None,) * (ndim - 2)))
+
+
+def mesh_axes_for(logical: str) -> tuple[str, ...]:
+    """The mesh axes a logical name maps to under LOGICAL_RULES, as a tuple (empty = replicated)."""
+    for name, axes in LOGICAL_RULES:
+        if name == logical:
+            return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    raise ValueError(f"logical axis {logical!r} has no rule; known: {[r[0] for r in LOGICAL_RULES]}")
+
+
+def expert_axis() -> str:
+    """The one mesh axis routed experts are split over (expert parallelism, parallel/expert.py)."""
+    (axis,) = mesh_axes_for("expert")
+    return axis
+
+
+def batch_axes() -> tuple[str, ...]:
+    """The mesh axes the batch (and so the tokens of an MoE layer) is split over."""
+    return mesh_axes_for("batch")

@@ -72,26 +72,9 @@ def load_params_dir(path: str) -> tuple[ModelConfig, dict]:
 
 def load_workdir(workdir: str) -> tuple[ModelConfig, dict]:
     """(cfg, {'params', 'router'}) of the latest checkpoint of a dsv3-train workdir."""
-    import ml_collections
+    from dsv3_jax.train.restore import load_workdir as load_train_workdir
 
-    from dsv3_jax.experiment_config import model_config
-    from dsv3_jax.train import checkpoint, optim
-    from dsv3_jax.train.state import init_state
-
-    file = os.path.join(workdir, "config.json")
-    if not os.path.isfile(file) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise ValueError(f"{workdir}: not a training workdir (expected config.json and checkpoints/)")
-    with open(file, encoding="utf-8") as f:
-        cd = ml_collections.ConfigDict(json.load(f))
-    cfg, t = model_config(cd), cd.train
-    abstract = jax.eval_shape(lambda: init_state(cfg, optim.make_optimizer(t), t.seed, t.seq_len))
-    ckpt = checkpoint.Checkpointer(workdir)
-    try:
-        state, _ = ckpt.restore_latest(abstract)
-    finally:
-        ckpt.close()
-    if state is None:
-        raise ValueError(f"{workdir}: no checkpoint in {os.path.join(workdir, 'checkpoints')}")
+    _, cfg, state = load_train_workdir(workdir)
     variables = {"params": state.params}
     if state.router:
         variables["router"] = state.router

@@ -18,6 +18,7 @@ import optax
 import dsv3_jax
 from dsv3_jax import losses
 from dsv3_jax.data.tokenizer import PAD_ID
+from dsv3_jax.parallel import node_routing
 from dsv3_jax.train import schedules
 from dsv3_jax.train.state import TrainState
 
@@ -43,7 +44,8 @@ def loss_fn(params, router, batch, cfg, lam, alpha):
     ce = losses.cross_entropy(out.logits, batch["targets"], mask)
     mtp = losses.mtp_loss(out.mtp_logits, batch["targets"], mask, lam)
     bal = losses.balance_loss(out.aux, alpha)
-    return ce + mtp + bal, dict(ce=ce, mtp=mtp, balance=bal, counts=out.aux["expert_counts"])
+    return ce + mtp + bal, dict(ce=ce, mtp=mtp, balance=bal, counts=out.aux["expert_counts"],
+                                comm=out.aux.get("comm_bytes"))
 
 
 def train_step(state: TrainState, batch, *, cfg, optimizer, train_cfg):
@@ -62,14 +64,21 @@ def train_step(state: TrainState, batch, *, cfg, optimizer, train_cfg):
                                               min_ratio=t.min_lr_ratio))
     if aux["counts"]:
         metrics["load_max"], metrics["load_min"] = load_stats(aux["counts"])
+    if aux["comm"] is not None:  # expert parallelism: bytes within / across nodes (parallel/node_routing.py)
+        metrics.update(node_routing.comm_metrics(aux["comm"]))
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, router=router)
     return new, metrics
 
 
-def make_train_step(cfg, optimizer, train_cfg):
-    """jit(train_step) with the state donated."""
-    return jax.jit(functools.partial(train_step, cfg=cfg, optimizer=optimizer, train_cfg=train_cfg),
-                   donate_argnums=(0,))
+def make_train_step(cfg, optimizer, train_cfg, state_sharding=None, batch_sharding=None):
+    """jit(train_step) with the state donated; with shardings (parallel/layout.py) the state keeps its
+    layout and the metrics come back replicated."""
+    fn = functools.partial(train_step, cfg=cfg, optimizer=optimizer, train_cfg=train_cfg)
+    if state_sharding is None:
+        return jax.jit(fn, donate_argnums=(0,))
+    replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.jit(fn, donate_argnums=(0,), in_shardings=(state_sharding, batch_sharding),
+                   out_shardings=(state_sharding, replicated))
 
 
 def eval_step(state: TrainState, batch, *, cfg):
@@ -89,5 +98,9 @@ def eval_step(state: TrainState, batch, *, cfg):
     return sums, out.aux["expert_counts"]
 
 
-def make_eval_step(cfg):
-    return jax.jit(functools.partial(eval_step, cfg=cfg))
+def make_eval_step(cfg, state_sharding=None, batch_sharding=None):
+    fn = functools.partial(eval_step, cfg=cfg)
+    if state_sharding is None:
+        return jax.jit(fn)
+    replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.jit(fn, in_shardings=(state_sharding, batch_sharding), out_shardings=replicated)

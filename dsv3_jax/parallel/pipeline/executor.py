@@ -1,34 +1,38 @@
 """Run a pipeline schedule (1F1B, ZB1P, DualPipe, DualPipeV) inside ONE jitted `jax.shard_map`.
 
-The model is given generically (the DeepSeek model plugs in the same way; nothing here knows about it):
+The model is given generically (model_stages.py plugs DeepSeekV3 in; nothing here knows about it):
 
     first_fn(shared, inputs_m) -> x          on stage 0 (e.g. the embedding); default: x = inputs_m
     stage_fn(stage_params, x) -> y           every stage; y has x's shape and dtype (e.g. a group of blocks)
     loss_fn(shared, y_last, targets_m) -> l  scalar, after the last stage (e.g. norm, head, MTP, loss)
 
+With `aux=True` the stage and loss functions take non-trainable constants and return auxiliary outputs
+(stage_math.py): stage_fn(params, consts, x) -> (y, aux_loss, stats) and
+loss_fn(shared, shared_consts, y, targets_m) -> (loss, metrics, stats); the call then takes
+`consts=(stage_consts, shared_consts)`. aux_loss is part of the differentiated loss (the MoE balance loss),
+stats are summed over micro-batches (expert counts for the aux-loss-free bias update, V3 report §2.1.2).
+
 `stage_params` is a pytree whose leaves have a leading axis of num_stages (stage s uses leaf[s]); `shared`
 is a replicated pytree used by first_fn and loss_fn (may be {}); `inputs` and `targets` are pytrees with a
-leading micro-batch axis of size schedule.chunks. `build_pipeline(...)(stage_params, shared, inputs,
-targets)` returns the mean loss over micro-batches and its gradients with respect to stage_params and shared,
-equal to `jax.value_and_grad` of the unpipelined composition.
+leading micro-batch axis of size schedule.chunks. The pipeline returns the mean loss over micro-batches and
+its gradients with respect to stage_params and shared, equal to `jax.value_and_grad` of the unpipelined
+composition (program.py runs the ticks; plan.py builds the static int32 table [rank, tick, column]).
 
-How it runs (plan.py builds the static int32 table [rank, tick, column]): a `lax.scan` over ticks; at each
-tick every rank does `lax.switch` over {idle, F, B, B-input-only, W, F&B} with `jax.vjp` per stage
-(recomputing the stage forward from its stored input, or replaying stored vjp residuals), then two
-`lax.ppermute`s (to the right and to the left neighbour, each carrying one forward and one backward message)
-move activations and gradients in both directions. DualPipe keeps two parameter copies per rank (stages r
-and PP-1-r, DeepSeek-V3 report §3.2.1); their gradients are summed across the mirror ranks at the end.
+Layouts. `pipeline(stage_params, ...)` takes stages in model order: DualPipe's second copies and DualPipeV's
+V are gathered into (rank, slot) order through a replicated copy. `pipeline.ranked(slot_params, ...)` takes
+parameters already laid out per rank: leaves [num_ranks * num_slots, ...] with row r*num_slots+k holding
+stage `pipeline.rows[r*num_slots+k]` (DualPipe: stages r and PP-1-r on rank r, V3 report §3.2.1), sharded
+over the pipeline axis with no gather; its gradients and stage stats come back in the same layout, both
+DualPipe copies holding the full gradient.
 
-Plugging in DeepSeekV3 (model.py): stage_params = the MoE blocks stacked [num_stages, blocks_per_stage, ...],
-stage_fn = a scan over one stage's blocks; first_fn = embedding (and the dense blocks, whose params differ
-in structure, in `shared`); loss_fn = final norm, head, cross-entropy and the MTP loss. Layout: inputs,
-targets and shared are replicated over the pipeline axis; stage_params are sharded over it (DualPipe and
-DualPipeV gather them into their (rank, slot) order first, see `_reorder`). Not yet: auxiliary outputs of
-stage_fn (MoE balance loss, expert loads for the bias update) and sharding over other mesh axes inside.
+Data parallelism: `batch_axes` (mesh axes) shard axis 1 of every inputs/targets leaf (the batch inside a
+micro-batch); each data shard runs the same schedule and losses, gradients and stats are SUMMED over the
+shards (so normalize per-shard contributions by the global count, as model_stages.py does).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -37,19 +41,22 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dsv3_jax.parallel.pipeline.ops import Schedule
-from dsv3_jax.parallel.pipeline.plan import (COL, FWD_BWD, IDLE, SEND_LEFT, SEND_RIGHT, TickPlan,
-                                             build_plan)
-from dsv3_jax.parallel.pipeline.stage_math import StageMath
+from dsv3_jax.parallel.pipeline.plan import TickPlan, build_plan
+from dsv3_jax.parallel.pipeline.program import make_program
 
 RESIDUAL_MODES = ("recompute", "store")
 
 
 class PipelineOutput(NamedTuple):
-    loss: jax.Array            # mean over micro-batches
-    stage_grads: Any           # like stage_params: [num_stages, ...]
+    loss: jax.Array            # mean over micro-batches (including the stages' aux losses)
+    stage_grads: Any           # like stage_params: [num_stages, ...] (ranked: [num_ranks*num_slots, ...])
     shared_grads: Any          # like shared
     busy_ticks: jax.Array      # int32 [num_ranks]: ticks each rank spent on an op (counted as executed)
     idle_ticks: jax.Array      # int32 [num_ranks]: ticks each rank idled
+    aux_loss: Any = None       # the stages' aux losses, mean over micro-batches (part of `loss`)
+    metrics: Any = None        # loss_fn's metrics, mean over micro-batches
+    stage_stats: Any = None    # stage_fn's stats summed over micro-batches, laid out like stage_grads
+    last_stats: Any = None     # loss_fn's stats summed over micro-batches
 
 
 def _place(x, mesh, spec):
@@ -63,18 +70,20 @@ def _place(x, mesh, spec):
 
 def _reorder(tree, index, mesh):
     """tree leaves [i, ...] -> [index[i], ...]: stage order <-> (rank, slot) order. The identity (1F1B, ZB1P)
-    keeps the caller's layout; DualPipe's second copies and DualPipeV's V go through a replicated gather.
-    TODO(model integration): accept parameters kept in (rank, slot) layout to skip this gather."""
+    keeps the caller's layout; otherwise a gather through a replicated copy (use `ranked` to avoid it)."""
     if np.array_equal(index, np.arange(len(index))):
         return tree
     return jax.tree.map(lambda a: jnp.take(_place(a, mesh, P()), jnp.asarray(index), axis=0), tree)
 
 
-def _check_args(schedule, mesh, axis_name, residuals):
+def _check_args(schedule, mesh, axis_name, residuals, batch_axes):
     if not isinstance(schedule, Schedule):
         raise ValueError(f"schedule must be a Schedule (see make_schedule); got {type(schedule).__name__}")
-    if axis_name not in mesh.shape:
-        raise ValueError(f"axis_name {axis_name!r} is not an axis of the mesh {dict(mesh.shape)}")
+    for name in (axis_name,) + tuple(batch_axes):
+        if name not in mesh.shape:
+            raise ValueError(f"axis_name {name!r} is not an axis of the mesh {dict(mesh.shape)}")
+    if axis_name in batch_axes:
+        raise ValueError(f"batch_axes {batch_axes} must not contain the pipeline axis {axis_name!r}")
     if mesh.shape[axis_name] != schedule.num_ranks:
         raise ValueError(f"mesh axis {axis_name!r} has size {mesh.shape[axis_name]}; schedule "
                          f"{schedule.name!r} needs {schedule.num_ranks} ranks")
@@ -82,101 +91,81 @@ def _check_args(schedule, mesh, axis_name, residuals):
         raise ValueError(f"residuals must be one of {RESIDUAL_MODES}; got {residuals!r}")
 
 
-def _check_data(schedule, stage_params, inputs, targets):
-    for name, tree, n in (("stage_params", stage_params, schedule.num_stages),
-                          ("inputs", inputs, schedule.chunks), ("targets", targets, schedule.chunks)):
+def _check_data(plan, shards, stage_params, n_params, inputs, targets, consts):
+    chunks = plan.schedule.chunks
+    for name, tree, n in (("stage_params", stage_params, n_params), ("stage_consts", consts[0], n_params),
+                          ("inputs", inputs, chunks), ("targets", targets, chunks)):
         for leaf in jax.tree.leaves(tree):
             if leaf.ndim == 0 or leaf.shape[0] != n:
                 raise ValueError(f"{name} leaves need a leading axis of size {n}; got shape {leaf.shape}")
+            if name in ("inputs", "targets") and shards > 1 and (leaf.ndim < 2 or leaf.shape[1] % shards):
+                raise ValueError(f"{name} leaves need a batch axis 1 divisible by the {shards} data shards; "
+                                 f"got shape {leaf.shape}")
 
 
-def _tick(math: StageMath, plan: TickPlan, axis_name: str):
-    """The scan body: one op per rank, then the two neighbour exchanges and the buffer writes."""
-    n = plan.schedule.num_ranks
-    branches = [math.idle, math.forward, math.backward_full, math.backward_input, math.weight,
-                math.forward_backward]
-    assert len(branches) == FWD_BWD + 1
-
-    def shift(msg, right: bool):
-        if n == 1:
-            return jnp.zeros_like(msg)
-        perm = [(i, i + 1) for i in range(n - 1)] if right else [(i + 1, i) for i in range(n - 1)]
-        return jax.lax.ppermute(msg, axis_name, perm)
-
-    def body(state, row):
-        kind = row[COL["kind"]]
-        state, fout, bout = jax.lax.switch(kind, branches, state, row)
-        zero = jnp.zeros_like(fout)
-        out = {d: jnp.stack([jnp.where(row[COL["f_send"]] == d, fout, zero),
-                             jnp.where(row[COL["b_send"]] == d, bout, zero)]) for d in (SEND_RIGHT, SEND_LEFT)}
-        from_left, from_right = shift(out[SEND_RIGHT], True), shift(out[SEND_LEFT], False)
-        buf = state["buf"]
-        for col, val in (("recv_l0", from_left[0]), ("recv_l1", from_left[1]), ("recv_r0", from_right[0]),
-                         ("recv_r1", from_right[1]), ("recv_sf", fout), ("recv_sb", bout)):
-            buf = jax.lax.dynamic_update_index_in_dim(buf, val, row[COL[col]], 0)
-        busy = state["busy"] + jnp.stack([kind != IDLE, kind == IDLE]).astype(jnp.int32)
-        return dict(state, buf=buf, busy=busy), None
-
-    return body
-
-
-def _program(plan: TickPlan, math_factory, axis_name: str):
-    """The per-rank function given to shard_map."""
-    sched = plan.schedule
-
-    def run(table, slot_params, shared, inputs, targets):
-        vary = lambda t: jax.tree.map(lambda a: jax.lax.pcast(a, axis_name, to="varying"), t)
-        shared, inputs, targets = vary((shared, inputs, targets))
-        math = math_factory(slot_params, shared, inputs, targets)
-        state = math.init_state(plan.num_buffers, plan.num_residuals, vary)
-        state, _ = jax.lax.scan(_tick(math, plan, axis_name), state, table[0])
-        grads = state["gacc"]
-        if sched.placement == "dual":   # slot 1 of rank r is stage PP-1-r: add it to that rank's slot 0
-            mirror = [(r, sched.num_ranks - 1 - r) for r in range(sched.num_ranks)]
-            other = jax.tree.map(lambda g: jax.lax.ppermute(g[1], axis_name, mirror), grads)
-            grads = jax.tree.map(lambda g, o: g.at[0].add(o), grads, other)
-        loss = jax.lax.psum(state["loss"], axis_name)
-        shared_grads = jax.lax.psum(state["sacc"], axis_name)
-        return loss, grads, shared_grads, state["busy"][None]   # [1, 2]: busy and idle ticks
-
-    return run
+def _plain(stage_fn, loss_fn):
+    """The full (aux) contract from the plain one: no consts, zero aux loss, no stats."""
+    zero = lambda: jnp.zeros((), jnp.float32)
+    return (lambda p, c, x: (stage_fn(p, x), zero(), {}),
+            lambda sh, sc, y, t: (loss_fn(sh, y, t), {}, {}))
 
 
 class Pipeline:
-    """A built pipeline: call it as `pipeline(stage_params, shared, inputs, targets) -> PipelineOutput`."""
+    """A built pipeline: `pipeline(stage_params, shared, inputs, targets[, consts])` in stage order, or
+    `pipeline.ranked(...)` in (rank, slot) order; both return a PipelineOutput."""
 
-    def __init__(self, plan: TickPlan, step: Callable):
-        self.plan, self._step = plan, step
+    def __init__(self, plan: TickPlan, step: Callable, mesh, axis_name: str, batch_axes: tuple[str, ...]):
+        self.plan, self._step, self.mesh, self.axis_name = plan, step, mesh, axis_name
+        self.rows = plan.slot_stage.reshape(-1)   # stage held by each (rank, slot) row
+        self.home = plan.home                     # row holding each stage's gradient
+        self.shards = math.prod(mesh.shape[a] for a in batch_axes)
+        self._staged = jax.jit(self._stage_order)
 
-    def __call__(self, stage_params, shared, inputs, targets) -> PipelineOutput:
-        _check_data(self.plan.schedule, stage_params, inputs, targets)
-        return self._step(stage_params, shared, inputs, targets)
+    def ranked(self, slot_params, shared, inputs, targets, consts=None) -> PipelineOutput:
+        consts = ({}, {}) if consts is None else consts
+        _check_data(self.plan, self.shards, slot_params, len(self.rows), inputs, targets, consts)
+        return self._step(slot_params, shared, inputs, targets, consts)
+
+    def __call__(self, stage_params, shared, inputs, targets, consts=None) -> PipelineOutput:
+        consts = ({}, {}) if consts is None else consts
+        _check_data(self.plan, self.shards, stage_params, self.plan.schedule.num_stages, inputs, targets,
+                    consts)
+        return self._staged(stage_params, shared, inputs, targets, consts)
+
+    def _stage_order(self, stage_params, shared, inputs, targets, consts):
+        to_rows = lambda t: _reorder(t, self.rows, self.mesh)
+        out = self._step(to_rows(stage_params), shared, inputs, targets, (to_rows(consts[0]), consts[1]))
+        back = lambda t: _reorder(t, self.home, self.mesh)
+        return out._replace(stage_grads=back(out.stage_grads), stage_stats=back(out.stage_stats))
 
 
 def build_pipeline(schedule: Schedule, stage_fn: Callable, loss_fn: Callable, *, mesh, axis_name: str,
-                   first_fn: Callable | None = None, residuals: str = "recompute") -> Pipeline:
+                   first_fn: Callable | None = None, residuals: str = "recompute", aux: bool = False,
+                   batch_axes: tuple[str, ...] = ()) -> Pipeline:
     """The jitted pipeline step for `schedule` (see module docstring for the functions' contract).
 
     mesh/axis_name: the caller's mesh and the name of its pipeline axis (size schedule.num_ranks); this
     module never assumes a mesh axis name. residuals: "recompute" keeps each stage's input and recomputes
     the stage forward in B and W; "store" keeps the vjp residuals of F (minus the parameters themselves).
+    aux: use the full contract (consts in, aux loss and stats out). batch_axes: data-parallel mesh axes.
     """
-    _check_args(schedule, mesh, axis_name, residuals)
+    batch_axes = tuple(batch_axes)
+    _check_args(schedule, mesh, axis_name, residuals, batch_axes)
     plan = build_plan(schedule, residuals=residuals == "store")
-    slot_index, home = plan.slot_stage.reshape(-1), plan.home
+    fns = ((stage_fn, loss_fn) if aux else _plain(stage_fn, loss_fn)) + (first_fn,)
+    program = make_program(plan, fns, axis_name, batch_axes, residuals == "store")
+    pipe, data = P(axis_name), (P(None, batch_axes) if batch_axes else P())
+    out_specs = dict(loss=P(), stage_grads=pipe, shared_grads=P(), ticks=pipe, aux_loss=P(), metrics=P(),
+                     stage_stats=pipe, last_stats=P())
+    fn = jax.shard_map(program, mesh=mesh, in_specs=(pipe, pipe, P(), data, data, pipe, P()),
+                       out_specs=out_specs)
 
-    def step(stage_params, shared, inputs, targets):
-        first = (lambda sh, xs: xs) if first_fn is None else first_fn
-        x_aval = jax.eval_shape(lambda sh, xs: first(sh, jax.tree.map(lambda a: a[0], xs)), shared, inputs)
-        factory = lambda sp, sh, xs, ts: StageMath((stage_fn, loss_fn, first_fn), sp, sh, xs, ts,
-                                                   schedule.chunks, x_aval, residuals == "store")
-        fn = jax.shard_map(_program(plan, factory, axis_name), mesh=mesh,
-                           in_specs=(P(axis_name), P(axis_name), P(), P(), P()),
-                           out_specs=(P(), P(axis_name), P(), P(axis_name)))
-        slot_params = _reorder(stage_params, slot_index, mesh)
-        args = (_place(jnp.asarray(plan.table), mesh, P(axis_name)), _place(slot_params, mesh, P(axis_name)),
-                _place(shared, mesh, P()), _place(inputs, mesh, P()), _place(targets, mesh, P()))
-        loss, grads, shared_grads, ticks = fn(*args)
-        return PipelineOutput(loss, _reorder(grads, home, mesh), shared_grads, ticks[:, 0], ticks[:, 1])
+    def step(slot_params, shared, inputs, targets, consts):
+        args = (_place(jnp.asarray(plan.table), mesh, pipe), _place(slot_params, mesh, pipe),
+                _place(shared, mesh, P()), _place(inputs, mesh, data), _place(targets, mesh, data),
+                _place(consts[0], mesh, pipe), _place(consts[1], mesh, P()))
+        o = fn(*args)
+        return PipelineOutput(o["loss"], o["stage_grads"], o["shared_grads"], o["ticks"][:, 0], o["ticks"][:, 1],
+                              o["aux_loss"], o["metrics"], o["stage_stats"], o["last_stats"])
 
-    return Pipeline(plan, jax.jit(step))
+    return Pipeline(plan, jax.jit(step), mesh, axis_name, batch_axes)

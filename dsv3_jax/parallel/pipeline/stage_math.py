@@ -1,11 +1,20 @@
 """Per-rank stage arithmetic of the pipeline executor: the F, B, W and F&B branches of its `lax.switch`.
 
+Functions (the executor's full contract; executor.py adapts the plain one):
+  stage_fn(params, consts, x) -> (y, aux_loss, stats)     consts: the stage's non-trainable inputs
+  loss_fn(shared, shared_consts, y, targets) -> (loss, metrics, stats)
+  first_fn(shared, inputs) -> x                          (None: x = inputs)
+aux_loss (e.g. the MoE balance loss, V3 report eq. 17-20) is differentiated like the loss; stats (e.g. the
+expert counts for the aux-loss-free bias update, eq. 16) are summed over micro-batches, not differentiated.
+
 Each branch maps (state, table row) -> (state, forward message, backward message). State (per rank):
   buf    [slots+1, *x]  stage inputs X(m, s) and output gradients GY(m, s) (plan.py assigns slots)
   res    list of [res_slots+1, *leaf]: vjp residuals per stored leaf ("store" mode only)
   gacc   stage-parameter gradients per parameter slot, leaves [num_slots, ...]
+  stats  stage stats per parameter slot, leaves [num_slots, ...]
   sacc   gradients of the shared params (first_fn, loss_fn)
-  loss   summed loss / chunks;   busy   [ticks with an op, idle ticks]
+  loss   total loss / chunks;  aux_loss  stage aux losses / chunks;  metrics, last  loss_fn's (/ chunks, summed)
+  busy   [ticks with an op, idle ticks]
 Splitting the backward (zero bubble, Qi et al. 2023; DualPipe's WeightGradStore): a split B computes only
 dL/dx from `jax.vjp` (XLA drops the unused weight part), W computes only dL/dparams from the same stored
 input and output gradient. The last stage's F also runs loss_fn and its gradient, so every B is a plain vjp.
@@ -17,6 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from dsv3_jax.parallel.pipeline.plan import COL
+from dsv3_jax.parallel.pipeline.residuals import Residuals
+from dsv3_jax.parallel.pipeline.varying import vary
 
 
 def _read(buf, i):
@@ -31,73 +42,78 @@ def _add(a, b):
     return jax.tree.map(jnp.add, a, b)
 
 
-class Residuals:
-    """Store/replay `jax.vjp` residuals of stage_fn. Residual leaves that ARE stage parameters (same traced
-    value) are not stored: replay takes them from the parameters again, so memory holds activations only.
-    Relies on the vjp function being a pytree whose leaves are its residuals (true of `jax.vjp`). Built
-    inside shard_map from example values (traced, then dropped as dead code) so that the recorded structure
-    carries the device-varying types of the real calls."""
+def _add_at(acc, k, val):
+    return jax.tree.map(lambda g, d: g.at[k].add(d.astype(g.dtype)), acc, val)
 
-    def __init__(self, stage_fn, p_example, x_example):
-        self.stage_fn = stage_fn
-        _, leaves, self.treedef, self.keep = self._split(p_example, x_example)
-        self.avals = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf, j in zip(leaves, self.keep) if j < 0]
 
-    def _split(self, p, x):
-        y, vjp_fn = jax.vjp(self.stage_fn, p, x)
-        leaves, treedef = jax.tree.flatten(vjp_fn)
-        p_leaves = jax.tree.leaves(p)
-        keep = tuple(next((j for j, q in enumerate(p_leaves) if q is leaf), -1) for leaf in leaves)
-        return y, leaves, treedef, keep
-
-    def forward(self, p, x):
-        """y and the residual leaves to store."""
-        y, leaves, _, keep = self._split(p, x)
-        if keep != self.keep:
-            raise RuntimeError("stage_fn's vjp residual structure changed between traces")
-        return y, [leaf for leaf, j in zip(leaves, keep) if j < 0]
-
-    def pullback(self, p, stored):
-        """The vjp function rebuilt from stored leaves and the current parameters."""
-        p_leaves, it = jax.tree.leaves(p), iter(stored)
-        leaves = [p_leaves[j] if j >= 0 else next(it) for j in self.keep]
-        return jax.tree.unflatten(self.treedef, leaves)
+def _zeros(aval_tree):
+    return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aval_tree)
 
 
 class StageMath:
-    """Branch functions for one rank; built inside shard_map from the rank's local arrays."""
+    """Branch functions for one rank; built inside shard_map from the rank's local (varying) arrays."""
 
-    def __init__(self, fns, slot_params, shared, inputs, targets, chunks, x_aval, store: bool):
+    def __init__(self, fns, arrays, chunks: int, store: bool, axes: tuple[str, ...]):
         self.stage_fn, self.loss_fn, self.first_fn = fns
-        self.slot_params, self.shared, self.inputs, self.targets = slot_params, shared, inputs, targets
-        self.scale, self.x_aval = 1.0 / chunks, x_aval
-        self.res = Residuals(self.stage_fn, self.params(0), self.first_input(0)) if store else None
+        (self.slot_params, self.shared, self.inputs, self.targets, self.stage_consts,
+         self.shared_consts) = arrays
+        self.scale, self.axes = 1.0 / chunks, axes
+        x0 = self.first_input(0)
+        self.x_aval = jax.ShapeDtypeStruct(x0.shape, x0.dtype)
+        self.stats_aval = jax.eval_shape(self.stage_fn, self.params(0), self.consts(0), x0)[2]
+        t0 = jax.tree.map(lambda a: _read(a, 0), self.targets)
+        self.last_aval = jax.eval_shape(self.loss_fn, self.shared, self.shared_consts, x0, t0)[1:]
+        self.res = Residuals(self._fwd_fn(0), self.params(0), x0) if store else None
 
     # ----- helpers
     def params(self, k):
         return jax.tree.map(lambda a: _read(a, k), self.slot_params)
 
+    def consts(self, k):
+        return jax.tree.map(lambda a: _read(a, k), self.stage_consts)
+
     def first_input(self, mb):
         xs = jax.tree.map(lambda a: _read(a, mb), self.inputs)
         return xs if self.first_fn is None else self.first_fn(self.shared, xs)
 
-    def init_state(self, num_buffers, num_residuals, vary):
-        """Zero state; fresh constants are made device-varying (`vary`) to match the branch outputs."""
+    def _fwd_fn(self, k):
+        """(p, x) -> ((y, aux_loss), stats) for slot k: the function every vjp of this rank differentiates."""
+        consts = self.consts(k)
+
+        def f(p, x):
+            y, aux_loss, stats = self.stage_fn(p, consts, x)
+            return (y, vary(jnp.asarray(aux_loss, jnp.float32), self.axes)), stats
+        return f
+
+    def _cotangent(self, dy):
+        return dy, vary(jnp.asarray(self.scale, jnp.float32), self.axes)
+
+    def init_state(self, num_buffers, num_residuals, num_slots):
+        """Zero state, cast to vary over every mesh axis (busy: over the pipeline axis only)."""
         x, res_avals = self.x_aval, self.res.avals if self.res else []
+        metrics, last = self.last_aval
         state = vary(dict(buf=jnp.zeros((num_buffers + 1,) + x.shape, x.dtype),
                           res=[jnp.zeros((num_residuals + 1,) + a.shape, a.dtype) for a in res_avals],
-                          loss=jnp.zeros((), jnp.float32), busy=jnp.zeros((2,), jnp.int32)))
+                          loss=jnp.zeros((), jnp.float32), aux_loss=jnp.zeros((), jnp.float32),
+                          metrics=_zeros(metrics), last=_zeros(last),
+                          stats=jax.tree.map(lambda a: jnp.zeros((num_slots,) + a.shape, a.dtype),
+                                             self.stats_aval)), self.axes)
+        state["busy"] = vary(jnp.zeros((2,), jnp.int32), self.axes[:1])
         state["sacc"] = jax.tree.map(jnp.zeros_like, self.shared)      # already varying: from varying inputs
         state["gacc"] = jax.tree.map(jnp.zeros_like, self.slot_params)
         return state
 
-    def _loss_grads(self, y, mb, like_loss, like_sacc):
+    def _loss_grads(self, state, y, mb):
+        """(last, none) branches: loss_fn's scaled loss, metrics, stats and gradients on the last stage."""
         def last():
             t = jax.tree.map(lambda a: _read(a, mb), self.targets)
-            loss, (d_shared, dy) = jax.value_and_grad(self.loss_fn, argnums=(0, 1))(self.shared, y, t)
-            scale = lambda g: g * jnp.asarray(self.scale, g.dtype)
-            return loss.astype(like_loss.dtype) * self.scale, jax.tree.map(scale, d_shared), scale(dy)
-        none = lambda: (jnp.zeros_like(like_loss), jax.tree.map(jnp.zeros_like, like_sacc), jnp.zeros_like(y))
+            f = lambda sh, y: (lambda l, m, s: (l, (m, s)))(*self.loss_fn(sh, self.shared_consts, y, t))
+            (loss, (metrics, stats)), (d_shared, dy) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(
+                self.shared, y)
+            scale = lambda tree: jax.tree.map(lambda g: g * jnp.asarray(self.scale, g.dtype), tree)
+            return (loss.astype(jnp.float32) * self.scale, scale(metrics), stats, scale(d_shared), scale(dy))
+        like = (state["loss"], state["metrics"], state["last"], state["sacc"], y)
+        none = lambda: jax.tree.map(jnp.zeros_like, like)
         return last, none
 
     def _pullback(self, state, row, k):
@@ -105,7 +121,7 @@ class StageMath:
         if self.res is not None:
             stored = [_read(r, row[COL["b_res"]]) for r in state["res"]]
             return self.res.pullback(p, stored)
-        return jax.vjp(self.stage_fn, p, _read(state["buf"], row[COL["b_x"]]))[1]
+        return jax.vjp(self._fwd_fn(k), p, _read(state["buf"], row[COL["b_x"]]), has_aux=True)[1]
 
     def _first_grads(self, state, row, dx):
         """Shared-parameter gradient of first_fn on stage 0 (taken with the input gradient, in B)."""
@@ -130,22 +146,26 @@ class StageMath:
         buf = _write(state["buf"], row[COL["f_x"]], x)
         res = state["res"]
         if self.res is not None:
-            y, stored = self.res.forward(self.params(k), x)
+            (y, aux_loss), stats, stored = self.res.forward(self._fwd_fn(k), self.params(k), x)
             res = [_write(r, row[COL["f_res"]], v) for r, v in zip(res, stored)]
         else:
-            y = self.stage_fn(self.params(k), x)
-        last, none = self._loss_grads(y, mb, state["loss"], state["sacc"])
-        loss, d_shared, dy = jax.lax.cond(row[COL["f_last"]] == 1, last, none)
+            (y, aux_loss), stats = self._fwd_fn(k)(self.params(k), x)
+        last, none = self._loss_grads(state, y, mb)
+        loss, metrics, last_stats, d_shared, dy = jax.lax.cond(row[COL["f_last"]] == 1, last, none)
         buf = _write(buf, row[COL["f_gy"]], dy.astype(buf.dtype))
-        state = dict(state, buf=buf, res=res, loss=state["loss"] + loss, sacc=_add(state["sacc"], d_shared))
+        aux_loss = aux_loss * self.scale
+        state = dict(state, buf=buf, res=res, loss=state["loss"] + loss + aux_loss,
+                     aux_loss=state["aux_loss"] + aux_loss, metrics=_add(state["metrics"], metrics),
+                     last=_add(state["last"], last_stats), stats=_add_at(state["stats"], k, stats),
+                     sacc=_add(state["sacc"], d_shared))
         return state, y.astype(buf.dtype), jnp.zeros_like(buf[0])
 
     def _backward(self, state, row, full: bool):
         k = row[COL["b_slot"]]
         dy = _read(state["buf"], row[COL["b_gy"]])
-        dp, dx = self._pullback(state, row, k)(dy)
+        dp, dx = self._pullback(state, row, k)(self._cotangent(dy))
         if full:
-            state = dict(state, gacc=jax.tree.map(lambda g, d: g.at[k].add(d), state["gacc"], dp))
+            state = dict(state, gacc=_add_at(state["gacc"], k, dp))
         state = dict(state, sacc=self._first_grads(state, row, dx))
         return state, jnp.zeros_like(dy), dx.astype(dy.dtype)
 
@@ -158,9 +178,8 @@ class StageMath:
     def weight(self, state, row):
         k = row[COL["b_slot"]]
         dy = _read(state["buf"], row[COL["b_gy"]])
-        dp, _ = self._pullback(state, row, k)(dy)
-        gacc = jax.tree.map(lambda g, d: g.at[k].add(d), state["gacc"], dp)
-        return dict(state, gacc=gacc), jnp.zeros_like(dy), jnp.zeros_like(dy)
+        dp, _ = self._pullback(state, row, k)(self._cotangent(dy))
+        return dict(state, gacc=_add_at(state["gacc"], k, dp)), jnp.zeros_like(dy), jnp.zeros_like(dy)
 
     def forward_backward(self, state, row):
         state, y, _ = self.forward(state, row)
