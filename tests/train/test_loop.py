@@ -94,3 +94,21 @@ def test_cli_reports_bad_input_clearly(tmp_path):
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 1
     assert "dsv3-train: error:" in proc.stderr and "nothing_*.txt" in proc.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    workdir = str(tmp_path / "run")
+    proc = _spawn(400, 1000, workdir)  # no periodic checkpoint would happen before step 1000
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if os.path.exists(os.path.join(workdir, "metrics.jsonl")) and max(_losses(workdir) or [0]) >= 3:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    saved = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
+    assert saved == [max(_losses(workdir))] and saved[0] < 400
