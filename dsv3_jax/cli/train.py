@@ -1,6 +1,9 @@
 """`dsv3-train --config=configs/tiny.py --workdir=runs/tiny [--config.train.steps=300]`.
 
-Only parses flags and calls `dsv3_jax.train.loop.train` (DESIGN.md principle 10).
+Only parses flags and calls `dsv3_jax.train.loop.train` (DESIGN.md principle 10). Multi-host: start one
+process per host (or per GPU) with --coordinator_address=HOST:PORT --num_processes=N --process_id=I, or the
+environment variables JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or under SLURM / Open
+MPI with none of them (parallel/distributed.py); the mesh comes from --config.mesh.*.
 """
 
 from __future__ import annotations
@@ -14,18 +17,27 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics; reused to resume.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index in [0, N).")
 
 
 def _run(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from dsv3_jax.train.loop import NonFiniteLossError, train  # after flag parsing: jax starts here
+    import jax  # after flag parsing: jax starts here
+
+    from dsv3_jax.parallel import distributed
+    from dsv3_jax.train.loop import NonFiniteLossError, train
 
     try:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         summary = train(_CONFIG.value, _WORKDIR.value)
     except (ValueError, NonFiniteLossError) as e:
         print(f"dsv3-train: error: {e}", file=sys.stderr)
         sys.exit(1)
+    if jax.process_index() != 0:  # one summary per run
+        return
     sample = summary.pop("sample", None)
     print(json.dumps({k: v if isinstance(v, (int, float, str)) else [float(x) for x in v]
                       for k, v in summary.items()}, indent=1))
