@@ -35,6 +35,7 @@ setup(
             "dsv3-report=dsv3_jax.cli.report:main",
             "dsv3-pipeline-sim=dsv3_jax.parallel.pipeline.simulate:main",
             "dsv3-convert=dsv3_jax.cli.convert:main",
+            "dsv3-generate=dsv3_jax.cli.generate:main",
         ],
     },
 )

@@ -1,0 +1,18 @@
+"""Inference: latent-KV-cache decoding, sampling and MTP speculative decoding (DESIGN.md layout).
+
+    cache = init_cache(cfg, batch, max_len, absorb=True)          # cache.py
+    cache, logits = prefill(cfg, variables, tokens, lengths, cache)  # decode.py
+    cache, logits = decode_step(cfg, variables, cache, next_tokens)
+    result = generate(cfg, variables, prompts, max_new_tokens=64, sampling=SamplingParams(temperature=0.8))
+    result, stats = speculative_generate(cfg, variables, prompts, max_new_tokens=64)
+"""
+
+from dsv3_jax.infer.cache import KVCache, cache_bytes, cache_bytes_per_token, init_cache
+from dsv3_jax.infer.decode import decode_step, extend, prefill
+from dsv3_jax.infer.generate import GenerateResult, generate
+from dsv3_jax.infer.sampling import SamplingParams, sample, token_probs
+from dsv3_jax.infer.speculative import SpecStats, speculative_generate
+
+__all__ = ["KVCache", "cache_bytes", "cache_bytes_per_token", "init_cache", "decode_step", "extend", "prefill",
+           "GenerateResult", "generate", "SamplingParams", "sample", "token_probs", "SpecStats",
+           "speculative_generate"]

@@ -1,0 +1,93 @@
+"""Cached prefill / decode_step against the full forward DeepSeekV3.apply (float32, mixed prompt lengths),
+for the absorbed (latent) and the naive (per-head K/V) cache; cache sizes; input errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dsv3_jax.config import ModelConfig
+from dsv3_jax.infer.cache import cache_bytes, cache_bytes_per_token, init_cache
+from dsv3_jax.infer.decode import decode_step, prefill
+from tests.conftest import tiny_config
+from tests.infer.infer_helpers import init_variables, jitted_apply
+
+LENGTHS = np.array([5, 1, 9])  # right-padded prompts of mixed lengths, width 9
+STEPS = 3
+
+CONFIGS = {
+    "v3": tiny_config(mtp_depth=0),  # MTP plays no part in the main model's decoding
+    # no dense layer, no q compression, softmax router without bias, one expert group
+    "v2-like": tiny_config(q_lora_rank=0, n_dense_layers=0, n_layers=2, score_func="softmax", router_bias=False,
+                           n_expert_groups=1, n_limited_groups=1, mtp_depth=0),
+}
+
+
+def _sequences(cfg, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, cfg.vocab_size, (3, 9 + STEPS)), jnp.int32)
+
+
+@pytest.mark.parametrize("name, absorb", [("v3", True), ("v3", False), ("v2-like", True)])
+def test_prefill_and_decode_match_full_forward(name, absorb):
+    cfg = CONFIGS[name]
+    seqs = _sequences(cfg)
+    variables = init_variables(cfg)
+    want = np.asarray(jitted_apply(cfg)(variables, seqs).logits)  # causal: later tokens change nothing
+    cache = init_cache(cfg, 3, 16, absorb=absorb)
+    cache, logits = prefill(cfg, variables, seqs[:, :9], LENGTHS, cache, all_logits=True)
+    for b, n in enumerate(LENGTHS):
+        np.testing.assert_allclose(logits[b, :n], want[b, :n], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(cache.lengths, LENGTHS)
+    for step in range(STEPS):  # each row continues from its own length
+        pos = LENGTHS + step
+        cache, logits = decode_step(cfg, variables, cache, seqs[np.arange(3), pos])
+        np.testing.assert_array_equal(cache.lengths, pos + 1)
+        np.testing.assert_allclose(logits, want[np.arange(3), pos], rtol=1e-5, atol=1e-5)
+
+
+def test_router_biases_steer_decoding():
+    cfg = CONFIGS["v3"]
+    seqs = _sequences(cfg, 1)
+    variables = init_variables(cfg)
+    no_bias = {"params": variables["params"], "router": jax.tree.map(jnp.zeros_like, variables["router"])}
+    want = np.asarray(jitted_apply(cfg)(no_bias, seqs).logits)
+    _, logits = prefill(cfg, no_bias, seqs[:, :9], LENGTHS, init_cache(cfg, 3, 16), all_logits=True)
+    _, biased = prefill(cfg, variables, seqs[:, :9], LENGTHS, init_cache(cfg, 3, 16), all_logits=True)
+    np.testing.assert_allclose(logits[0, :5], want[0, :5], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(biased[0, :5], logits[0, :5], atol=1e-3)  # the biases change the routing
+
+
+def test_cache_bytes():
+    v3 = ModelConfig()
+    assert cache_bytes_per_token(v3) == 70_272 == v3.kv_cache_bytes_per_token()  # REFERENCE §2
+    assert cache_bytes_per_token(v3, absorb=False) == 61 * 128 * (192 + 128) * 2 == 4_997_120
+    cfg = CONFIGS["v3"]
+    for absorb in (True, False):
+        cache = init_cache(cfg, 2, 16, absorb=absorb)
+        assert cache_bytes(cache) == 2 * 16 * cache_bytes_per_token(cfg, absorb=absorb, bytes_per_value=4)
+    assert cache_bytes_per_token(cfg) == 3 * (12 + 4) * 2
+    assert cache_bytes_per_token(cfg, absorb=False) == 3 * 2 * (12 + 8) * 2
+    assert init_cache(cfg, 1, 4, dtype="bfloat16").groups["moe_layers"]["c_kv"].shape == (2, 1, 4, 12)
+
+
+def test_bad_inputs_name_the_tensor():
+    cfg = CONFIGS["v3"]
+    variables = init_variables(cfg)
+    tokens = jnp.zeros((3, 9), jnp.int32)
+    with pytest.raises(ValueError, match="tokens: prompt width T=9 exceeds the cache's max_len=8"):
+        prefill(cfg, variables, tokens, LENGTHS, init_cache(cfg, 3, 8))
+    with pytest.raises(ValueError, match=r"lengths: every prompt length must be in \[1, T=9\]"):
+        prefill(cfg, variables, tokens, np.array([0, 3, 9]), init_cache(cfg, 3, 16))
+    with pytest.raises(ValueError, match=r"tokens: expected int \[B=2, T\]"):
+        prefill(cfg, variables, tokens, LENGTHS, init_cache(cfg, 2, 16))
+    with pytest.raises(ValueError, match=r"tokens: expected int \[B=3\]"):
+        decode_step(cfg, variables, init_cache(cfg, 3, 16), tokens)
+    full = init_cache(cfg, 3, 16).replace(lengths=jnp.asarray([3, 16, 5], jnp.int32))
+    with pytest.raises(ValueError, match="cache: full"):
+        decode_step(cfg, variables, full, tokens[:, 0])
+    with pytest.raises(ValueError, match="max_len must be in"):
+        init_cache(cfg, 1, cfg.max_seq_len + 1)
+    with pytest.raises(ValueError, match="attention='mla' only"):
+        init_cache(tiny_config(attention="gqa", n_kv_heads=1), 1, 8)
+    with pytest.raises(ValueError, match="router"):
+        prefill(cfg, {"params": variables["params"]}, tokens, LENGTHS, init_cache(cfg, 3, 16))
