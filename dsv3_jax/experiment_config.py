@@ -37,6 +37,10 @@ def experiment_config(model: dict) -> ml_collections.ConfigDict:
         mtp_lambda_final=0.1,
         balance_alpha=1e-4,
         bias_update_speed=1e-3,  # gamma
+        # Pipeline parallelism, used when mesh.pipe > 1 (V3 report §3.2.1; train/pipeline_step.py).
+        pipeline_schedule="dualpipe",  # "1f1b" | "zb1p" | "dualpipe" | "dualpipev" (dualpipe needs pipe even)
+        pipeline_chunks=0,  # micro-batches per step; 0 = 2·pipe; batch_size must divide by chunks × data shards
+        pipeline_residuals="recompute",  # B/W recompute each stage's forward, or "store" F's vjp residuals
         log_every=10,
         eval_every=100,
         eval_batches=8,  # val batches per eval (the val order is fixed, so this is the same sample each time)

@@ -19,7 +19,7 @@ from dsv3_jax.data import tokenizer
 from dsv3_jax.data.pipeline import make_datasets
 from dsv3_jax.experiment_config import model_config
 from dsv3_jax.parallel import layout
-from dsv3_jax.train import checkpoint, optim, sample, step as step_lib
+from dsv3_jax.train import checkpoint, optim, pipeline_step, sample, step as step_lib
 from dsv3_jax.train.logging import MetricsWriter, Progress
 from dsv3_jax.train.state import init_state
 
@@ -112,7 +112,12 @@ def train(cd, workdir: str, log=print) -> dict:
         state = restored
         train_iter.set_state(data_state)
         log(f"resumed from {ckpt.directory} at step {int(state.step)}")
-    train_step = step_lib.make_train_step(cfg, optimizer, t, state_sh, batch_sh)
+    if pipeline_step.is_pipelined(mesh):  # mesh.pipe > 1: the blocks run as pipeline stages
+        train_step = pipeline_step.make_pipeline_train_step(
+            cfg, optimizer, t, mesh, t.get("pipeline_schedule", "dualpipe"), t.get("pipeline_chunks", 0),
+            state_sh, batch_sh, residuals=t.get("pipeline_residuals", "recompute"))
+    else:
+        train_step = step_lib.make_train_step(cfg, optimizer, t, state_sh, batch_sh)
     eval_step = step_lib.make_eval_step(cfg, state_sh, batch_sh)
     place = lambda b: layout.global_batch(b, mesh)
     writer = MetricsWriter(workdir) if primary else _Silent()

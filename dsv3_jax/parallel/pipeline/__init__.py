@@ -7,7 +7,9 @@ shard_map executor. Spec: REFERENCE §4 (github deepseek-ai/DualPipe; DeepSeek-V
     timeline = simulate(schedule, Durations(f=1, b=2, w=1, fb=2.5))
     timeline.bubble, timeline.peak_activations
 
-simulate.py (a `python -m` CLI) and executor.py (jax) are imported explicitly, not from here.
+simulate.py (a `python -m` CLI) and executor.py (jax) are imported explicitly, not from here. The executor's
+per-rank program is program.py (tick scan) and stage_math.py (F/B/W/F&B branches); model_layout.py and
+model_stages.py cut DeepSeekV3 into stages; train/pipeline_step.py is the pipelined train step.
 """
 
 from dsv3_jax.parallel.pipeline.ops import Op, Schedule, check_schedule, dependencies

@@ -81,8 +81,8 @@ class StageMath:
         consts = self.consts(k)
 
         def f(p, x):
-            y, aux_loss, stats = self.stage_fn(p, consts, x)
-            return (y, vary(jnp.asarray(aux_loss, jnp.float32), self.axes)), stats
+            y, aux_loss, stats = self.stage_fn(p, consts, x)    # constants made varying like the rest
+            return (y, vary(jnp.asarray(aux_loss, jnp.float32), self.axes)), vary(stats, self.axes)
         return f
 
     def _cotangent(self, dy):
@@ -111,7 +111,8 @@ class StageMath:
             (loss, (metrics, stats)), (d_shared, dy) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(
                 self.shared, y)
             scale = lambda tree: jax.tree.map(lambda g: g * jnp.asarray(self.scale, g.dtype), tree)
-            return (loss.astype(jnp.float32) * self.scale, scale(metrics), stats, scale(d_shared), scale(dy))
+            out = (loss.astype(jnp.float32) * self.scale, scale(metrics), stats, scale(d_shared), scale(dy))
+            return vary(out, self.axes)
         like = (state["loss"], state["metrics"], state["last"], state["sacc"], y)
         none = lambda: jax.tree.map(jnp.zeros_like, like)
         return last, none

@@ -1,0 +1,131 @@
+"""The pipelined train step: train/step.py's step with the loss and gradients computed by the pipeline executor.
+
+    loss = CE + (λ/D) Σ_k L_MTP,k + α Σ_layers L_Bal          (V3 report eq. 17-20, 24-25)
+
+The model's blocks run as pipeline stages (parallel/pipeline/model_stages.py) under one of the schedules
+1F1B, ZB1P, DualPipe or DualPipeV (V3 report §3.2.1; github deepseek-ai/DualPipe) on the mesh's pipeline
+axis, with the batch split over its data axes inside the same shard_map. The state keeps the model's own
+parameter layout, so checkpoints, eval and sampling are unchanged; each step lays the block stacks out per
+(rank, slot) of the schedule (a local slice of the replicated stacks) and gathers the gradients back.
+The optimizer step and the aux-loss-free bias update (b += γ·sign(mean load − load), eq. 16 context, with
+loads over the whole global batch) are those of train/step.py.
+
+    step = make_pipeline_train_step(cfg, optimizer, train_cfg, mesh, "dualpipe", chunks=16)
+    state, metrics = step(state, batch)           # same contract as make_train_step's function
+
+Inside the pipeline every rank holds its stages' full parameters: parameters sharded over fsdp/expert by the
+state's layout are gathered for the step, the expert axis only splits the batch (moe_impl "ep" is refused),
+and cfg.remat is not applied (the executor's "recompute" mode already recomputes each stage in B and W).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import optax
+
+from dsv3_jax import sharding
+from dsv3_jax.parallel.pipeline import SCHEDULE_NAMES, make_schedule
+from dsv3_jax.parallel.pipeline.executor import build_pipeline
+from dsv3_jax.parallel.pipeline.model_layout import merge_counts, merge_grads, split_shared, split_stages, stage_layout
+from dsv3_jax.parallel.pipeline.model_stages import make_first_fn, make_loss_fn, make_stage_fn, micro_batches
+from dsv3_jax.train import schedules
+from dsv3_jax.train.state import TrainState
+from dsv3_jax.train.step import load_stats, update_biases
+
+
+def mesh_axes(mesh) -> tuple[str, tuple[str, ...]]:
+    """(pipeline axis, data axes of size > 1) of `mesh`, from sharding.py's logical rules."""
+    (pipe,) = sharding.mesh_axes_for("stage")
+    if pipe not in mesh.shape:
+        raise ValueError(f"mesh {dict(mesh.shape)} has no pipeline axis {pipe!r}")
+    return pipe, tuple(a for a in sharding.batch_axes() if a in mesh.shape and mesh.shape[a] > 1)
+
+
+def is_pipelined(mesh) -> bool:
+    """True when the mesh's pipeline axis has more than one rank (the training loop's switch)."""
+    pipe = mesh_axes(mesh)[0]
+    return mesh.shape[pipe] > 1
+
+
+def num_stages(schedule_name: str, pipe_size: int) -> int:
+    """Model stages of a schedule on `pipe_size` ranks: DualPipeV folds 2 stages per rank into a V."""
+    if schedule_name not in SCHEDULE_NAMES:
+        raise ValueError(f"train.pipeline_schedule must be one of {SCHEDULE_NAMES}; got {schedule_name!r}")
+    return 2 * pipe_size if schedule_name == "dualpipev" else pipe_size
+
+
+def _check_model(cfg) -> None:
+    if cfg.moe_impl == "ep":
+        raise ValueError("ModelConfig.moe_impl='ep' is not supported inside pipeline stages (mesh.pipe > 1): "
+                         "there the experts are replicated per stage and the expert axis splits the batch; "
+                         "use moe_impl 'ragged' (GPU) or 'blocked' (CPU)")
+
+
+def make_pipeline_loss(cfg, mesh, schedule_name: str, chunks: int, *, alpha: float, residuals="recompute"):
+    """fn(params, router, batch, lam) -> (loss, aux, grads): step.loss_fn's value and its gradient, with aux =
+    {ce, mtp, balance, counts}; `fn.pipeline` is the built Pipeline (its plan, ticks). chunks 0: 2·ranks."""
+    _check_model(cfg)
+    pipe, batch_axes = mesh_axes(mesh)
+    stages = num_stages(schedule_name, mesh.shape[pipe])
+    chunks = chunks or 2 * mesh.shape[pipe]
+    layout = stage_layout(cfg, stages)
+    shards = math.prod(mesh.shape[a] for a in batch_axes)
+    pipeline = build_pipeline(make_schedule(schedule_name, stages, chunks), make_stage_fn(cfg, layout, alpha, shards),
+                              make_loss_fn(cfg, alpha, shards), mesh=mesh, axis_name=pipe,
+                              first_fn=make_first_fn(cfg), residuals=residuals, aux=True, batch_axes=batch_axes)
+
+    def fn(params, router, batch, lam):
+        inputs, targets = micro_batches(batch, chunks, cfg.mtp_depth, lam)
+        stage_params, stage_consts = split_stages(layout, params, router, pipeline.rows)
+        shared, shared_consts = split_shared(params, router)
+        out = pipeline.ranked(stage_params, shared, inputs, targets, (stage_consts, shared_consts))
+        grads = merge_grads(layout, out.stage_grads, out.shared_grads, pipeline.home)
+        counts = merge_counts(layout, out.stage_stats.get("counts"), out.last_stats, pipeline.home)
+        aux = dict(ce=out.metrics["ce"], mtp=out.metrics["mtp"], balance=out.aux_loss + out.metrics["balance"],
+                   counts=counts)
+        return out.loss, aux, grads
+
+    fn.pipeline = pipeline
+    return fn
+
+
+def pipeline_train_step(state: TrainState, batch, *, cfg, optimizer, train_cfg, loss_and_grads):
+    """One optimizer step and one bias update (train/step.py's train_step); returns (new state, metrics)."""
+    t = train_cfg
+    lam = schedules.mtp_lambda(state.step, total=t.steps, start=t.mtp_lambda, end=t.mtp_lambda_final)
+    gamma = schedules.bias_update_speed(state.step, total=t.steps, gamma=t.bias_update_speed)
+    loss, aux, grads = loss_and_grads(state.params, state.router, batch, lam)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    router = update_biases(state.router, aux["counts"], gamma) if cfg.router_bias else state.router
+    metrics = dict(loss=loss, ce=aux["ce"], mtp=aux["mtp"], balance=aux["balance"],
+                   grad_norm=optax.tree.norm(grads), mtp_lambda=lam, gamma=gamma,
+                   lr=schedules.learning_rate(state.step, peak=t.lr, total=t.steps, warmup=t.warmup_steps,
+                                              min_ratio=t.min_lr_ratio))
+    if aux["counts"]:
+        metrics["load_max"], metrics["load_min"] = load_stats(aux["counts"])
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, router=router)
+    return new, metrics
+
+
+def make_pipeline_train_step(cfg, optimizer, train_cfg, mesh, schedule_name: str, chunks: int = 0,
+                             state_sharding=None, batch_sharding=None, residuals: str = "recompute"):
+    """jit(pipeline_train_step) with the state donated: make_train_step's contract on a mesh with pipe > 1.
+
+    schedule_name: train.pipeline_schedule ("1f1b" | "zb1p" | "dualpipe" | "dualpipev"); chunks:
+    train.pipeline_chunks, micro-batches per step (0: 2·pipe; DualPipe: even and >= 2·pipe; the batch size
+    must be a multiple of chunks × the data-axis sizes). state_sharding/batch_sharding as make_train_step's
+    (parallel/layout.py). residuals: "recompute" or "store" (see executor.py).
+    """
+    loss_and_grads = make_pipeline_loss(cfg, mesh, schedule_name, chunks, alpha=train_cfg.balance_alpha,
+                                        residuals=residuals)
+    step = functools.partial(pipeline_train_step, cfg=cfg, optimizer=optimizer, train_cfg=train_cfg,
+                             loss_and_grads=loss_and_grads)
+    if state_sharding is None:
+        return jax.jit(step, donate_argnums=(0,))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(step, donate_argnums=(0,), in_shardings=(state_sharding, batch_sharding),
+                   out_shardings=(state_sharding, replicated))
