@@ -24,16 +24,14 @@ import functools
 import math
 
 import jax
-import optax
 
 from dsv3_jax import sharding
 from dsv3_jax.parallel.pipeline import SCHEDULE_NAMES, make_schedule
 from dsv3_jax.parallel.pipeline.executor import build_pipeline
 from dsv3_jax.parallel.pipeline.model_layout import merge_counts, merge_grads, split_shared, split_stages, stage_layout
 from dsv3_jax.parallel.pipeline.model_stages import make_first_fn, make_loss_fn, make_stage_fn, micro_batches
-from dsv3_jax.train import schedules
 from dsv3_jax.train.state import TrainState
-from dsv3_jax.train.step import load_stats, update_biases
+from dsv3_jax.train.step import apply_gradients, step_weights
 
 
 def mesh_axes(mesh) -> tuple[str, tuple[str, ...]]:
@@ -94,21 +92,9 @@ def make_pipeline_loss(cfg, mesh, schedule_name: str, chunks: int, *, alpha: flo
 
 def pipeline_train_step(state: TrainState, batch, *, cfg, optimizer, train_cfg, loss_and_grads):
     """One optimizer step and one bias update (train/step.py's train_step); returns (new state, metrics)."""
-    t = train_cfg
-    lam = schedules.mtp_lambda(state.step, total=t.steps, start=t.mtp_lambda, end=t.mtp_lambda_final)
-    gamma = schedules.bias_update_speed(state.step, total=t.steps, gamma=t.bias_update_speed)
+    lam, gamma = step_weights(state.step, train_cfg)
     loss, aux, grads = loss_and_grads(state.params, state.router, batch, lam)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    router = update_biases(state.router, aux["counts"], gamma) if cfg.router_bias else state.router
-    metrics = dict(loss=loss, ce=aux["ce"], mtp=aux["mtp"], balance=aux["balance"],
-                   grad_norm=optax.tree.norm(grads), mtp_lambda=lam, gamma=gamma,
-                   lr=schedules.learning_rate(state.step, peak=t.lr, total=t.steps, warmup=t.warmup_steps,
-                                              min_ratio=t.min_lr_ratio))
-    if aux["counts"]:
-        metrics["load_max"], metrics["load_min"] = load_stats(aux["counts"])
-    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, router=router)
-    return new, metrics
+    return apply_gradients(state, loss, aux, grads, lam, gamma, cfg=cfg, optimizer=optimizer, train_cfg=train_cfg)
 
 
 def make_pipeline_train_step(cfg, optimizer, train_cfg, mesh, schedule_name: str, chunks: int = 0,

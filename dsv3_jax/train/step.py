@@ -50,11 +50,22 @@ def loss_fn(params, router, batch, cfg, lam, alpha):
 
 def train_step(state: TrainState, batch, *, cfg, optimizer, train_cfg):
     """One optimizer step and one bias update; returns (new state, metrics)."""
-    t = train_cfg
-    lam = schedules.mtp_lambda(state.step, total=t.steps, start=t.mtp_lambda, end=t.mtp_lambda_final)
-    gamma = schedules.bias_update_speed(state.step, total=t.steps, gamma=t.bias_update_speed)
+    lam, gamma = step_weights(state.step, train_cfg)
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.router, batch, cfg, lam, t.balance_alpha)
+        state.params, state.router, batch, cfg, lam, train_cfg.balance_alpha)
+    return apply_gradients(state, loss, aux, grads, lam, gamma, cfg=cfg, optimizer=optimizer, train_cfg=train_cfg)
+
+
+def step_weights(step, t):
+    """(MTP λ, bias update speed γ) at `step`, scaled to the run (train/schedules.py)."""
+    lam = schedules.mtp_lambda(step, total=t.steps, start=t.mtp_lambda, end=t.mtp_lambda_final)
+    return lam, schedules.bias_update_speed(step, total=t.steps, gamma=t.bias_update_speed)
+
+
+def apply_gradients(state: TrainState, loss, aux, grads, lam, gamma, *, cfg, optimizer, train_cfg):
+    """The optimizer step, the bias update from aux['counts'] and the step's metrics (shared with the
+    pipelined step, train/pipeline_step.py)."""
+    t = train_cfg
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     router = update_biases(state.router, aux["counts"], gamma) if cfg.router_bias else state.router
@@ -64,7 +75,7 @@ def train_step(state: TrainState, batch, *, cfg, optimizer, train_cfg):
                                               min_ratio=t.min_lr_ratio))
     if aux["counts"]:
         metrics["load_max"], metrics["load_min"] = load_stats(aux["counts"])
-    if aux["comm"] is not None:  # expert parallelism: bytes within / across nodes (parallel/node_routing.py)
+    if aux.get("comm") is not None:  # expert parallelism: bytes within / across nodes (parallel/node_routing.py)
         metrics.update(node_routing.comm_metrics(aux["comm"]))
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, router=router)
     return new, metrics
