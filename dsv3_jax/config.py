@@ -19,7 +19,7 @@ EP_DISPATCH = ("auto", "all_to_all", "ragged")
 EP_PAYLOADS = ("compute", "fp8", "logfmt8", "logfmt10")
 EP_COMBINES = ("compute", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-FP8_RECIPES = ("none", "blockwise")  # quant/ also has "per_tensor_delayed"; not yet wired into the layers
+FP8_RECIPES = ("none", "blockwise", "per_tensor_delayed")
 FP8_IMPLS = ("reference", "auto", "mosaic_gpu", "triton")
 
 # Official-config name -> Hugging Face config.json name (REFERENCE §1).
@@ -110,6 +110,7 @@ class ModelConfig:
     # FP8 training (V3 report §3.3): every Linear of MLA, the dense MLP and the routed experts through quant/.
     fp8: str = "none"
     fp8_impl: str = "reference"  # GEMM for blockwise FP8: jnp reference or a Pallas kernel
+    fp8_amax_history: int = 16  # per_tensor_delayed: amax history length of each tensor (fp8_meta collection)
 
     def __post_init__(self):
         _validate(self)
@@ -198,8 +199,9 @@ def _validate(c: ModelConfig):
     _require(isinstance(c.ep_nodes, int) and c.ep_nodes >= 0, "ep_nodes",
              f"must be a non-negative int, got {c.ep_nodes!r}")
     _require(c.remat in REMAT_POLICIES, "remat", f"must be one of {REMAT_POLICIES}, got {c.remat!r}")
-    _require(c.fp8 in FP8_RECIPES, "fp8", f"must be one of {FP8_RECIPES} (per_tensor_delayed exists in "
-             f"dsv3_jax.quant but is not wired into the layers yet), got {c.fp8!r}")
+    _require(c.fp8 in FP8_RECIPES, "fp8", f"must be one of {FP8_RECIPES}, got {c.fp8!r}")
+    _require(isinstance(c.fp8_amax_history, int) and c.fp8_amax_history >= 1, "fp8_amax_history",
+             f"must be an int >= 1, got {c.fp8_amax_history!r}")
     _require(c.fp8_impl in FP8_IMPLS, "fp8_impl", f"must be one of {FP8_IMPLS}, got {c.fp8_impl!r}")
     _require(c.fp8 == "none" or c.moe_impl == "ragged", "moe_impl",
              f"FP8 experts use the grouped GEMM: fp8={c.fp8!r} needs moe_impl='ragged', got {c.moe_impl!r}")

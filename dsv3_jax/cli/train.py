@@ -26,6 +26,10 @@ def _run(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax  # after flag parsing: jax starts here
+    from absl import logging
+
+    if not flags.FLAGS["verbosity"].present:  # keep orbax's INFO lines off the progress bar (-v 0 shows them)
+        logging.set_verbosity(logging.WARNING)
 
     from dsv3_jax.parallel import distributed
     from dsv3_jax.train.loop import NonFiniteLossError, train
@@ -50,7 +54,6 @@ def _run(argv):
 
 def main():
     flags.mark_flags_as_required(["config", "workdir"])
-    flags.FLAGS.set_default("verbosity", -1)  # WARNING: keep orbax's INFO lines off the progress bar
     app.run(_run)
 
 

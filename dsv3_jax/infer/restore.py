@@ -8,6 +8,6 @@ from dsv3_jax.train.restore import load_workdir as load_train_workdir
 
 
 def load_workdir(workdir: str, fallback: ml_collections.ConfigDict | None = None):
-    """(ModelConfig, variables {'params', 'router'}, step) of the latest checkpoint in workdir."""
+    """(ModelConfig, variables {'params', 'router'[, 'fp8_meta']}, step) of the latest checkpoint in workdir."""
     _, cfg, state = load_train_workdir(workdir, fallback)
-    return cfg, {"params": state.params, "router": state.router}, int(state.step)
+    return cfg, state.variables(), int(state.step)

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dsv3_jax.layers import attention_core
-from dsv3_jax.layers.linear import matmul_fn, normal_init
+from dsv3_jax.layers.linear import fp8_kernel, matmul_fn, normal_init
 from dsv3_jax.layers.rope import apply_rope, rope_frequencies
 
 
@@ -39,7 +39,8 @@ class GQA(nn.Module):
         h, g, k, v = c.n_heads, c.kv_heads, c.qk_head_dim, c.v_head_dim
 
         def w(name, shape, axes):
-            return self.param(name, nn.with_logical_partitioning(normal_init(c.init_std), axes), shape, jnp.float32)
+            kernel = self.param(name, nn.with_logical_partitioning(normal_init(c.init_std), axes), shape, jnp.float32)
+            return fp8_kernel(self, name, kernel, c)
 
         p = {"wq": w("wq", (c.dim, h * k), ("embed", "heads")),
              "wk": w("wk", (c.dim, g * k), ("embed", "heads")),

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 
 from dsv3_jax.layers.baseline_attention import GQA
+from dsv3_jax.layers.linear import FP8_META_COLLECTION
 from dsv3_jax.layers.mla import MLA
 from dsv3_jax.layers.mlp import MLP
 from dsv3_jax.layers.moe.layer import ROUTER_COLLECTION, MoE
@@ -49,7 +50,7 @@ def block_stack(cfg, moe: bool, length: int, name: str) -> nn.Module:
     cls = Block
     if cfg.remat != "none":
         cls = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-    scanned = nn.scan(cls, variable_axes={"params": 0, ROUTER_COLLECTION: 0}, split_rngs={"params": True},
+    scanned = nn.scan(cls, variable_axes={"params": 0, ROUTER_COLLECTION: 0, FP8_META_COLLECTION: 0}, split_rngs={"params": True},
                       in_axes=(nn.broadcast, nn.broadcast), length=length,
                       metadata_params={nn.PARTITION_NAME: "layers"})
     return scanned(cfg, moe, name=name)

@@ -7,11 +7,46 @@ be injected in one place; the embedding, the output head and the router stay in 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+FP8_META_COLLECTION = "fp8_meta"  # per-tensor delayed FP8: amax histories, updated as their gradient
+
+
+class MetaKernel(NamedTuple):
+    """A matmul kernel paired with its amax histories (cfg.fp8="per_tensor_delayed"); `mm` unpacks it, so the
+    pure layer functions pass weights through unchanged whatever the recipe."""
+
+    kernel: jnp.ndarray
+    meta: Any  # quant.fp8_delayed.DelayedMeta
+
+
+def kernel_of(w):
+    """The bare kernel of a weight that may be a MetaKernel (for code that uses a kernel outside `mm`)."""
+    return w.kernel if isinstance(w, MetaKernel) else w
+
+
+def fp8_kernel(module: nn.Module, name: str, kernel, cfg):
+    """Attach the `fp8_meta` histories of `name` to `kernel` when the recipe keeps state; else `kernel`.
+
+    Each such kernel must feed exactly one matmul per step (its meta's gradient is its next value)."""
+    if cfg.fp8 != "per_tensor_delayed":
+        return kernel
+    from dsv3_jax.quant.fp8_delayed import init_delayed_meta
+    meta = module.variable(FP8_META_COLLECTION, name, init_delayed_meta, cfg.fp8_amax_history).value
+    return MetaKernel(kernel, meta)
+
+
+def _meta_or_fresh(w, history: int):
+    """A MetaKernel's histories, or empty ones (scales from the current amax) for a bare kernel: inference
+    paths that hold plain param dicts quantize per tensor online."""
+    if isinstance(w, MetaKernel):
+        return w.kernel, w.meta
+    from dsv3_jax.quant.fp8_delayed import init_delayed_meta
+    return w, init_delayed_meta(history)
 
 
 def matmul(x: jnp.ndarray, kernel: jnp.ndarray, dtype) -> jnp.ndarray:
@@ -23,22 +58,35 @@ def matmul(x: jnp.ndarray, kernel: jnp.ndarray, dtype) -> jnp.ndarray:
 def matmul_fn(cfg):
     """The `mm(x, kernel)` every Linear of MLA and the MLPs uses, chosen once from the config (cfg.fp8)."""
     dtype = jnp.dtype(cfg.dtype)
+    if cfg.fp8 == "per_tensor_delayed":
+        from dsv3_jax.quant.recipe import make_matmul
+        fp8_mm = make_matmul(cfg.fp8, dtype=dtype)
+        return lambda x, w: fp8_mm(x, *_meta_or_fresh(w, cfg.fp8_amax_history))
     if cfg.fp8 != "none":
         from dsv3_jax.quant.recipe import make_matmul
         fp8_mm = make_matmul(cfg.fp8, dtype=dtype, impl=cfg.fp8_impl)
-        return lambda x, kernel: fp8_mm(x, kernel)
-    return lambda x, kernel: matmul(x, kernel, dtype)
+        return lambda x, w: fp8_mm(x, kernel_of(w))
+    return lambda x, w: matmul(x, kernel_of(w), dtype)
 
 
 def grouped_matmul_fn(cfg):
     """The grouped GEMM `gmm(x [M,K], w [E,K,N], group_sizes [E])` of the routed experts (cfg.fp8)."""
     dtype = jnp.dtype(cfg.dtype)
+    if cfg.fp8 == "per_tensor_delayed":
+        from dsv3_jax.quant.recipe import make_ragged_dot
+        fp8_gmm = make_ragged_dot(cfg.fp8, dtype=dtype)
+        return lambda x, w, sizes: fp8_gmm(x, *_split3(w, sizes, cfg.fp8_amax_history))
     if cfg.fp8 != "none":
         from dsv3_jax.quant.recipe import make_ragged_dot
         fp8_gmm = make_ragged_dot(cfg.fp8, dtype=dtype)
-        return lambda x, w, sizes: fp8_gmm(x, w, sizes)
-    return lambda x, w, sizes: jax.lax.ragged_dot(x.astype(dtype), w.astype(dtype), sizes,
+        return lambda x, w, sizes: fp8_gmm(x, kernel_of(w), sizes)
+    return lambda x, w, sizes: jax.lax.ragged_dot(x.astype(dtype), kernel_of(w).astype(dtype), sizes,
                                                   preferred_element_type=jnp.float32).astype(dtype)
+
+
+def _split3(w, sizes, history):
+    kernel, meta = _meta_or_fresh(w, history)
+    return kernel, sizes, meta
 
 
 def normal_init(std: float):

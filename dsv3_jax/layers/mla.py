@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from dsv3_jax.layers import attention_core
-from dsv3_jax.layers.linear import matmul_fn, normal_init
+from dsv3_jax.layers.linear import fp8_kernel, kernel_of, matmul_fn, normal_init
 from dsv3_jax.layers.norms import rms_norm
 from dsv3_jax.layers.rope import apply_rope, frequencies_for
 
@@ -49,6 +49,7 @@ def mla_latents(x, p: Params, positions, freqs, kv_lora_rank: int, eps: float, m
 
 def split_wkv_b(wkv_b, n_heads: int, nope_dim: int):
     """wkv_b [C, H·(N+V)] -> W_UK [C,H,N], W_UV [C,H,V] (eq. 2 and 5's up-projections)."""
+    wkv_b = kernel_of(wkv_b)
     w = wkv_b.reshape(wkv_b.shape[0], n_heads, -1)
     return w[..., :nope_dim], w[..., nope_dim:]
 
@@ -109,7 +110,7 @@ class MLA(nn.Module):
         p["kv_norm"] = w("kv_norm", (c.kv_lora_rank,), ("kv_lora",), nn.initializers.ones)
         p["wkv_b"] = w("wkv_b", (c.kv_lora_rank, h * (c.qk_nope_head_dim + c.v_head_dim)), ("kv_lora", "heads"))
         p["wo"] = w("wo", (h * c.v_head_dim, c.dim), ("heads", "embed"))
-        self.weights = p
+        self.weights = {k: v if k.endswith("_norm") else fp8_kernel(self, k, v, c) for k, v in p.items()}
 
     def __call__(self, x, positions, mask):
         """x [B,T,D], positions [B,T], mask [B,T,T] -> [B,T,D] (training path: naive expansion)."""

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dsv3_jax.layers.linear import matmul_fn, normal_init
+from dsv3_jax.layers.linear import fp8_kernel, matmul_fn, normal_init
 
 
 def swiglu(x, w1, w2, w3, mm):
@@ -29,7 +29,8 @@ class MLP(nn.Module):
         c, f = self.cfg, self.hidden
 
         def w(name, shape, axes):
-            return self.param(name, nn.with_logical_partitioning(normal_init(c.init_std), axes), shape, jnp.float32)
+            kernel = self.param(name, nn.with_logical_partitioning(normal_init(c.init_std), axes), shape, jnp.float32)
+            return fp8_kernel(self, name, kernel, c)
 
         w1 = w("w1", (c.dim, f), ("embed", "mlp"))
         w2 = w("w2", (f, c.dim), ("mlp", "embed"))

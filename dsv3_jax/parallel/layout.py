@@ -53,8 +53,9 @@ def state_shardings(cfg, optimizer, mesh, seq_len: int) -> TrainState:
     unbox = lambda t: nn.unbox(t) if t is not None else t
     replicated = NamedSharding(mesh, P())
     router = jax.tree.map(lambda _: replicated, boxed.get("router", {}))
+    fp8_meta = jax.tree.map(lambda _: replicated, boxed.get("fp8_meta", {}))  # a few floats per tensor
     return TrainState(step=replicated, params=unbox(params), opt_state=unbox(opt), router=router,
-                      rng=replicated)
+                      rng=replicated, fp8_meta=fp8_meta)
 
 
 def global_batch(local: dict, mesh) -> dict:

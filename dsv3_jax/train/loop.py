@@ -147,7 +147,7 @@ def train(cd, workdir: str, log=print) -> dict:
     summary = {**summary, "step": int(state.step),
                "val_unigram_bits_per_byte": train_iter.info.val_unigram_bits_per_byte}
     if int(state.step) >= t.steps and t.get("sample_tokens", 0) and jax.process_count() == 1:
-        summary["sample"] = sample.greedy_sample(cfg, state.params, state.router, t.get("sample_prompt", "def "),
+        summary["sample"] = sample.greedy_sample(cfg, state.variables(), t.get("sample_prompt", "def "),
                                                  t.sample_tokens, t.seq_len)
     return summary
 

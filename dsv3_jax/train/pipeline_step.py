@@ -56,6 +56,10 @@ def num_stages(schedule_name: str, pipe_size: int) -> int:
 
 
 def _check_model(cfg) -> None:
+    if cfg.fp8 == "per_tensor_delayed":
+        raise ValueError("ModelConfig.fp8='per_tensor_delayed' is not supported inside pipeline stages "
+                         "(mesh.pipe > 1): its amax histories would need threading through the executor; "
+                         "use fp8 'blockwise' (stateless) or 'none'")
     if cfg.moe_impl == "ep":
         raise ValueError("ModelConfig.moe_impl='ep' is not supported inside pipeline stages (mesh.pipe > 1): "
                          "there the experts are replicated per stage and the expert axis splits the batch; "

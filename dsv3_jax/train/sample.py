@@ -14,13 +14,14 @@ import dsv3_jax
 from dsv3_jax.data import tokenizer
 
 
-def greedy_sample(cfg, params, router, prompt: str, max_new_tokens: int, window: int) -> str:
-    """Prompt + up to max_new_tokens greedy bytes, stopping at EOS; the context is the last `window` tokens."""
+def greedy_sample(cfg, variables, prompt: str, max_new_tokens: int, window: int) -> str:
+    """Prompt + up to max_new_tokens greedy bytes, stopping at EOS; the context is the last `window` tokens.
+    `variables`: the model's collections (TrainState.variables())."""
     model = dsv3_jax.DeepSeekV3(cfg)
 
     @jax.jit
     def next_token(buf, last):
-        logits = model.apply({"params": params, "router": router}, buf).logits
+        logits = model.apply(variables, buf).logits
         return jnp.argmax(logits[0, last])
 
     ids = list(tokenizer.encode(prompt, bos=True))

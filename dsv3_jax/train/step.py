@@ -20,7 +20,7 @@ from dsv3_jax import losses
 from dsv3_jax.data.tokenizer import PAD_ID
 from dsv3_jax.parallel import node_routing
 from dsv3_jax.train import schedules
-from dsv3_jax.train.state import TrainState
+from dsv3_jax.train.state import TrainState, model_variables
 
 
 def update_biases(router, counts, gamma):
@@ -38,8 +38,8 @@ def load_stats(counts):
     return jnp.max(loads, axis=-1) / mean, jnp.min(loads, axis=-1) / mean
 
 
-def loss_fn(params, router, batch, cfg, lam, alpha):
-    out = dsv3_jax.DeepSeekV3(cfg).apply({"params": params, "router": router}, batch["inputs"])
+def loss_fn(params, fp8_meta, router, batch, cfg, lam, alpha):
+    out = dsv3_jax.DeepSeekV3(cfg).apply(model_variables(params, router, fp8_meta), batch["inputs"])
     mask = batch["targets"] != PAD_ID
     ce = losses.cross_entropy(out.logits, batch["targets"], mask)
     mtp = losses.mtp_loss(out.mtp_logits, batch["targets"], mask, lam)
@@ -49,11 +49,15 @@ def loss_fn(params, router, batch, cfg, lam, alpha):
 
 
 def train_step(state: TrainState, batch, *, cfg, optimizer, train_cfg):
-    """One optimizer step and one bias update; returns (new state, metrics)."""
+    """One optimizer step and one bias update; returns (new state, metrics).
+
+    The FP8 amax histories (if any) are differentiated too: their "gradient" is their next value."""
     lam, gamma = step_weights(state.step, train_cfg)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.router, batch, cfg, lam, train_cfg.balance_alpha)
-    return apply_gradients(state, loss, aux, grads, lam, gamma, cfg=cfg, optimizer=optimizer, train_cfg=train_cfg)
+    (loss, aux), (grads, fp8_meta) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+        state.params, state.fp8_meta, state.router, batch, cfg, lam, train_cfg.balance_alpha)
+    new, metrics = apply_gradients(state, loss, aux, grads, lam, gamma, cfg=cfg, optimizer=optimizer,
+                                   train_cfg=train_cfg)
+    return new.replace(fp8_meta=fp8_meta), metrics
 
 
 def step_weights(step, t):
@@ -95,7 +99,7 @@ def make_train_step(cfg, optimizer, train_cfg, state_sharding=None, batch_shardi
 def eval_step(state: TrainState, batch, *, cfg):
     """Sums for the eval metrics: byte NLL (nats) and count over byte targets, MTP depth-1 hits and count,
     expert counts. Summed (not averaged) so batches of different fill combine exactly."""
-    out = dsv3_jax.DeepSeekV3(cfg).apply({"params": state.params, "router": state.router}, batch["inputs"])
+    out = dsv3_jax.DeepSeekV3(cfg).apply(state.variables(), batch["inputs"])
     targets = batch["targets"]
     byte = (targets < 256).astype(jnp.float32)
     logp = jax.nn.log_softmax(out.logits, axis=-1)

@@ -51,6 +51,6 @@ def test_counts_cover_the_whole_global_batch():
     opt = optim.make_optimizer(t)
     state = init_state(cfg, opt, 0, t.seq_len)
     batch = _batch(np.random.default_rng(1), 6, t.seq_len)
-    _, aux = step_lib.loss_fn(state.params, state.router, batch, cfg, 0.3, 1e-4)
+    _, aux = step_lib.loss_fn(state.params, state.fp8_meta, state.router, batch, cfg, 0.3, 1e-4)
     for c in jax.tree.leaves(aux["counts"]):
         np.testing.assert_array_equal(np.asarray(c).sum(-1), 6 * t.seq_len * cfg.n_activated_experts)

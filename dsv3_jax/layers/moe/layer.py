@@ -12,7 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dsv3_jax.layers.linear import grouped_matmul_fn, normal_init
+from dsv3_jax.layers.linear import fp8_kernel, grouped_matmul_fn, normal_init
 from dsv3_jax.layers.mlp import MLP
 from dsv3_jax.layers.moe import dispatch, router
 from dsv3_jax.parallel import expert
@@ -42,6 +42,7 @@ class RoutedExperts(nn.Module):
         if c.moe_impl == "ep":
             return expert.routed_experts_ep(x, weights, experts, w1, w2, w3, c)
         if c.moe_impl == "ragged":
+            w1, w2, w3 = (fp8_kernel(self, n, k, c) for n, k in (("w1", w1), ("w2", w2), ("w3", w3)))
             return dispatch.routed_experts_ragged(x, weights, experts, w1, w2, w3, jnp.dtype(c.dtype),
                                                   grouped_matmul_fn(c))
         return IMPLS[c.moe_impl](x, weights, experts, w1, w2, w3, jnp.dtype(c.dtype))
