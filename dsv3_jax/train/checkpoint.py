@@ -5,6 +5,7 @@ when complete, so an interrupted save never leaves a half-written checkpoint tha
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -27,7 +28,7 @@ class Checkpointer:
         step = int(jax.device_get(state.step))
         if self.manager.latest_step() == step:
             return step
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_fields(state)),
                                                         data=ocp.args.JsonSave(data_state)))
         self.manager.wait_until_finished()
         return step
@@ -37,11 +38,18 @@ class Checkpointer:
         step = self.manager.latest_step()
         if step is None:
             return None, None
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _fields(abstract_state))
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
-        return restored["state"], restored["data"]
+        return abstract_state.replace(**restored["state"]), restored["data"]
 
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _fields(state) -> dict:
+    """The state's fields as a dict, without empty collections (orbax stores no empty subtree, so a state with
+    e.g. no FP8 histories must not ask for one on restore)."""
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+            if not (isinstance(getattr(state, f.name), dict) and not getattr(state, f.name))}
