@@ -15,6 +15,11 @@ local single-device path (dispatch.py) when there is no mesh or its expert axis 
 "all_to_all" force the shard_map path even at size 1 (on CPU "ragged" runs an emulation of the collective).
 Payloads: ModelConfig.ep_payload / ep_combine (ep_payload.py). Each call also returns the comm bytes of
 node_routing.COMM_FIELDS, summed over ranks (zeros on the local path).
+
+Inside a shard_map that is already manual over the expert axis (the pipeline executor's, whose batch axes
+include it: pipeline/model_experts.py) the arrays are this rank's: x [n, D] its tokens and w1, w2, w3 its
+El = E/X experts. Then the rank body runs directly, with no nested shard_map, and the comm bytes returned are
+those of this rank's tokens only (no collective; summing them is the caller's choice).
 Legend: N tokens (global), n per rank, k experts per token, E experts, X expert ranks, D model dim.
 """
 
@@ -46,6 +51,15 @@ def expert_mesh():
     return mesh, dict(mesh.shape).get(sharding.expert_axis(), 1)
 
 
+def manual_expert_ranks() -> int:
+    """The expert-axis size when running inside a shard_map that is manual over it (the pipeline executor's:
+    there every array is this rank's, so the routed experts hold E/X experts), else 1."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or sharding.expert_axis() not in mesh.manual_axes:
+        return 1
+    return dict(mesh.shape).get(sharding.expert_axis(), 1)
+
+
 def choose_path(ep_dispatch: str, n_ranks: int) -> str:
     """"local", "all_to_all" or "ragged" for a ModelConfig.ep_dispatch and expert axis size."""
     if ep_dispatch != "auto":
@@ -68,6 +82,8 @@ def routed_experts_ep(x, weights, experts, w1, w2, w3, cfg):
     dtype = jnp.dtype(cfg.dtype)
     mesh, n_ranks = expert_mesh()
     path = choose_path(cfg.ep_dispatch, n_ranks)
+    if mesh is not None and sharding.expert_axis() in mesh.manual_axes:
+        return _manual(x, weights, experts, w1, w2, w3, cfg, path, n_ranks)
     if path == "local":
         y = local_routed_experts(x, weights, experts, w1, w2, w3, dtype)
         return y, jnp.zeros((len(node_routing.COMM_FIELDS),), jnp.float32)
@@ -77,11 +93,31 @@ def routed_experts_ep(x, weights, experts, w1, w2, w3, cfg):
     node_routing.check_layout(cfg.n_routed_experts, cfg.n_expert_groups, n_ranks, n_nodes)
     batch, axis = sharding.batch_axes(), sharding.expert_axis()
     _check_tokens(x.shape[0], mesh, batch, axis)
-    body = functools.partial(_rank_body, cfg=cfg, path=path, axis=axis, batch=batch, n_ranks=n_ranks,
-                             n_nodes=n_nodes)
+    body = functools.partial(_rank_body, cfg=cfg, path=path, axis=axis, n_ranks=n_ranks, n_nodes=n_nodes)
+
+    def summed(*args):  # comm bytes over all ranks (int32 sum: exact counts)
+        out, copies = body(*args)
+        return out, _bytes(jax.lax.psum(copies, batch), x.shape[1], cfg)
     rows, w = P(batch, None), P(axis, None, None)
-    fn = jax.shard_map(body, mesh=mesh, in_specs=(rows, rows, rows, w, w, w), out_specs=(rows, P()))
+    fn = jax.shard_map(summed, mesh=mesh, in_specs=(rows, rows, rows, w, w, w), out_specs=(rows, P()))
     return fn(x, weights, experts, w1, w2, w3)
+
+
+def _manual(x, weights, experts, w1, w2, w3, cfg, path, n_ranks):
+    """Already inside a shard_map manual over the expert axis: x [n, D] and w1 [El, D, F] are this rank's."""
+    e = cfg.n_routed_experts
+    if w1.shape[0] * n_ranks != e:
+        raise ValueError(f"expert parallelism inside a shard_map over the expert axis (size {n_ranks}): w1 "
+                         f"must hold this rank's n_routed_experts/{n_ranks} = {e // n_ranks} experts; got "
+                         f"shape {w1.shape}")
+    if path == "local" or n_ranks == 1:   # nothing to exchange on an expert axis of size 1
+        y = local_routed_experts(x, weights, experts, w1, w2, w3, jnp.dtype(cfg.dtype))
+        return y, jnp.zeros((len(node_routing.COMM_FIELDS),), jnp.float32)
+    n_nodes = cfg.ep_nodes or 1
+    node_routing.check_layout(e, cfg.n_expert_groups, n_ranks, n_nodes)
+    out, copies = _rank_body(x, weights, experts, w1, w2, w3, cfg=cfg, path=path, axis=sharding.expert_axis(),
+                             n_ranks=n_ranks, n_nodes=n_nodes)
+    return out, _bytes(copies, x.shape[1], cfg)
 
 
 def _check_tokens(n_tokens: int, mesh, batch, axis) -> int:
@@ -95,8 +131,9 @@ def _check_tokens(n_tokens: int, mesh, batch, axis) -> int:
     return shards
 
 
-def _rank_body(x, weights, experts, w1, w2, w3, *, cfg, path, axis, batch, n_ranks, n_nodes):
-    """One rank: my n tokens' assignments out to the experts' ranks, results back, weighted sum."""
+def _rank_body(x, weights, experts, w1, w2, w3, *, cfg, path, axis, n_ranks, n_nodes):
+    """One rank: my n tokens' assignments out to the experts' ranks, results back, weighted sum; also my
+    tokens' copies (node_routing.token_copies)."""
     dtype = jnp.dtype(cfg.dtype)
     n, k = experts.shape
     e = cfg.n_routed_experts
@@ -115,7 +152,7 @@ def _rank_body(x, weights, experts, w1, w2, w3, *, cfg, path, axis, batch, n_ran
     y = jnp.take(ys, inverse, axis=0).reshape(n, k, -1)
     out = jnp.einsum("nkd,nk->nd", y, weights.astype(dtype))
     copies = node_routing.token_copies(experts, jax.lax.axis_index(axis), e, n_ranks, n_nodes)
-    return out, _bytes(jax.lax.psum(copies, batch), x.shape[1], cfg)  # int32 sum: exact counts
+    return out, copies
 
 
 def _bytes(copies, dim: int, cfg):

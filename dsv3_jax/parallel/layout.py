@@ -5,6 +5,11 @@ DeepSeek-V3 trains with ZeRO-1 data parallelism and 64-way expert parallelism (R
 becomes a Mesh over all devices of all processes; params and optimizer state are placed by their logical
 axis names (sharding.LOGICAL_RULES: experts over `expert`, the model dim over `fsdp` = ZeRO), the router
 biases and scalars are replicated, and each process's rows of the batch become one global array.
+
+With a pipeline (mesh pipe > 1) the same shardings hold: the rules never name `pipe` for a state leaf
+(`layers` is replicated), so every pipeline rank keeps the fsdp/expert shard of every layer, and the
+optimizer update runs on that ZeRO layout outside the executor; train/pipeline_step.py lays the block
+stacks out per (rank, slot) for the executor (GSPMD gathers them from this layout).
 """
 
 from __future__ import annotations

@@ -13,9 +13,15 @@ loads over the whole global batch) are those of train/step.py.
     step = make_pipeline_train_step(cfg, optimizer, train_cfg, mesh, "dualpipe", chunks=16)
     state, metrics = step(state, batch)           # same contract as make_train_step's function
 
-Inside the pipeline every rank holds its stages' full parameters: parameters sharded over fsdp/expert by the
-state's layout are gathered for the step, the expert axis only splits the batch (moe_impl "ep" is refused),
-and cfg.remat is not applied (the executor's "recompute" mode already recomputes each stage in B and W).
+Layouts. Outside the executor the state keeps parallel/layout.py's shardings (ZeRO: params and optimizer
+moments split over fsdp by their `embed` dim, experts over `expert`); the optimizer update runs there, under
+jit, so GSPMD partitions it. The executor's inputs are laid out per (rank, slot) and GSPMD gathers them from
+that layout: inside the pipeline every rank holds its stages' full parameters, except that with
+moe_impl="ep" and an expert axis > 1 the routed experts stay split over the expert axis and each MoE layer
+dispatches/combines its tokens by all_to_all over it (V3 report §3.2: PP with EP; model_experts.py). With
+other moe_impl the experts are replicated in a stage and the expert axis only splits the batch. The EP
+layers' comm bytes are dropped (no comm metrics). cfg.remat is not applied (the executor's "recompute" mode
+already recomputes each stage in B and W).
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ import math
 import jax
 
 from dsv3_jax import sharding
+from dsv3_jax.parallel import node_routing
 from dsv3_jax.parallel.pipeline import SCHEDULE_NAMES, make_schedule
 from dsv3_jax.parallel.pipeline.executor import build_pipeline
+from dsv3_jax.parallel.pipeline.model_experts import param_axes
 from dsv3_jax.parallel.pipeline.model_layout import merge_counts, merge_grads, split_shared, split_stages, stage_layout
 from dsv3_jax.parallel.pipeline.model_stages import make_first_fn, make_loss_fn, make_stage_fn, micro_batches
 from dsv3_jax.train.state import TrainState
@@ -60,10 +68,16 @@ def _check_model(cfg) -> None:
         raise ValueError("ModelConfig.fp8='per_tensor_delayed' is not supported inside pipeline stages "
                          "(mesh.pipe > 1): its amax histories would need threading through the executor; "
                          "use fp8 'blockwise' (stateless) or 'none'")
-    if cfg.moe_impl == "ep":
-        raise ValueError("ModelConfig.moe_impl='ep' is not supported inside pipeline stages (mesh.pipe > 1): "
-                         "there the experts are replicated per stage and the expert axis splits the batch; "
-                         "use moe_impl 'ragged' (GPU) or 'blocked' (CPU)")
+
+
+def _expert_axes(cfg, mesh):
+    """The executor's param_axes: routed experts split over the expert axis with moe_impl="ep" (else None)."""
+    axis = sharding.expert_axis()
+    n_ranks = mesh.shape.get(axis, 1)
+    if cfg.moe_impl != "ep" or n_ranks == 1:
+        return None
+    node_routing.check_layout(cfg.n_routed_experts, cfg.n_expert_groups, n_ranks, cfg.ep_nodes or 1)
+    return param_axes(axis)
 
 
 def make_pipeline_loss(cfg, mesh, schedule_name: str, chunks: int, *, alpha: float, residuals="recompute"):
@@ -77,7 +91,8 @@ def make_pipeline_loss(cfg, mesh, schedule_name: str, chunks: int, *, alpha: flo
     shards = math.prod(mesh.shape[a] for a in batch_axes)
     pipeline = build_pipeline(make_schedule(schedule_name, stages, chunks), make_stage_fn(cfg, layout, alpha, shards),
                               make_loss_fn(cfg, alpha, shards), mesh=mesh, axis_name=pipe,
-                              first_fn=make_first_fn(cfg), residuals=residuals, aux=True, batch_axes=batch_axes)
+                              first_fn=make_first_fn(cfg), residuals=residuals, aux=True, batch_axes=batch_axes,
+                              param_axes=_expert_axes(cfg, mesh))
 
     def fn(params, router, batch, lam):
         inputs, targets = micro_batches(batch, chunks, cfg.mtp_depth, lam)

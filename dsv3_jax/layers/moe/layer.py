@@ -24,7 +24,8 @@ IMPLS = {"ragged": dispatch.routed_experts_ragged, "blocked": dispatch.routed_ex
 
 class RoutedExperts(nn.Module):
     """Holds the stacked expert weights w1, w3 [E, D, F] and w2 [E, F, D]. Returns y [N, D], or with
-    moe_impl="ep" (y, comm bytes [6]) from parallel/expert.py."""
+    moe_impl="ep" (y, comm bytes [6]) from parallel/expert.py. With moe_impl="ep" inside a shard_map manual
+    over the expert axis (the pipeline's stages) the weights are this rank's E/X experts."""
 
     cfg: "object"
 
@@ -32,6 +33,8 @@ class RoutedExperts(nn.Module):
     def __call__(self, x, weights, experts):
         c = self.cfg
         e, d, f = c.n_routed_experts, c.dim, c.moe_inter_dim
+        if c.moe_impl == "ep":
+            e //= expert.manual_expert_ranks()
 
         def w(name, shape, axes):
             return self.param(name, nn.with_logical_partitioning(normal_init(c.init_std), axes), shape, jnp.float32)

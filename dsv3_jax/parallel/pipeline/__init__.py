@@ -9,7 +9,8 @@ shard_map executor. Spec: REFERENCE §4 (github deepseek-ai/DualPipe; DeepSeek-V
 
 simulate.py (a `python -m` CLI) and executor.py (jax) are imported explicitly, not from here. The executor's
 per-rank program is program.py (tick scan) and stage_math.py (F/B/W/F&B branches); model_layout.py and
-model_stages.py cut DeepSeekV3 into stages; train/pipeline_step.py is the pipelined train step.
+model_stages.py cut DeepSeekV3 into stages, model_experts.py keeps their routed experts split over the
+expert axis (moe_impl="ep"); train/pipeline_step.py is the pipelined train step.
 """
 
 from dsv3_jax.parallel.pipeline.ops import Op, Schedule, check_schedule, dependencies

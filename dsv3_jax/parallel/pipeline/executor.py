@@ -28,6 +28,13 @@ DualPipe copies holding the full gradient.
 Data parallelism: `batch_axes` (mesh axes) shard axis 1 of every inputs/targets leaf (the batch inside a
 micro-batch); each data shard runs the same schedule and losses, gradients and stats are SUMMED over the
 shards (so normalize per-shard contributions by the global count, as model_stages.py does).
+
+Sharded parameters: `param_axes(kind, keypath) -> tuple` ("stage": the mesh axes of a stage leaf's dims
+after the row axis; "shared": of a shared leaf's dims; () = replicated) splits leaves over batch axes inside
+the shard_map, e.g. routed experts over the expert axis (model_experts.py). The functions must use such a
+leaf through collectives over its axes (an all_to_all of the tokens), so that a rank's backward already
+gathers every token of the axis group into its shard's gradient: that gradient is summed over the OTHER
+batch axes only, and comes back in the same layout.
 """
 
 from __future__ import annotations
@@ -60,12 +67,16 @@ class PipelineOutput(NamedTuple):
 
 
 def _place(x, mesh, spec):
-    """Lay x out as `spec` on `mesh` inside jit, for Explicit (reshard) and Auto (constraint) meshes."""
+    """Lay x out as `spec` (one PartitionSpec, or a tree of them like x) on `mesh` inside jit, for Explicit
+    (reshard) and Auto (constraint) meshes."""
     explicit = any(t == jax.sharding.AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
-    sharding = NamedSharding(mesh, spec)
+    if isinstance(spec, P):
+        spec = jax.tree.map(lambda _: spec, x)
+    is_spec = lambda s: isinstance(s, P)
+    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), spec, is_leaf=is_spec)
     if explicit:
-        return jax.tree.map(lambda a: jax.reshard(a, sharding), x)
-    return jax.lax.with_sharding_constraint(x, sharding)
+        return jax.tree.map(jax.reshard, x, shardings)
+    return jax.lax.with_sharding_constraint(x, shardings)
 
 
 def _reorder(tree, index, mesh):
@@ -74,6 +85,22 @@ def _reorder(tree, index, mesh):
     if np.array_equal(index, np.arange(len(index))):
         return tree
     return jax.tree.map(lambda a: jnp.take(_place(a, mesh, P()), jnp.asarray(index), axis=0), tree)
+
+
+def _no_axes(kind, path) -> tuple:
+    return ()
+
+
+def _specs(param_axes, kind: str, tree, lead: tuple, batch_axes):
+    """PartitionSpec per leaf: the leading axes `lead` then param_axes(kind, path)."""
+    def one(path, _):
+        tail = tuple(param_axes(kind, path))
+        bad = [a for a in tail if a is not None and a not in batch_axes]
+        if bad:
+            raise ValueError(f"param_axes: {kind} leaf {jax.tree_util.keystr(path)} is split over {bad}, "
+                             f"which are not among the batch_axes {batch_axes}")
+        return P(*lead, *tail)
+    return jax.tree_util.tree_map_with_path(one, tree)
 
 
 def _check_args(schedule, mesh, axis_name, residuals, batch_axes):
@@ -141,28 +168,32 @@ class Pipeline:
 
 def build_pipeline(schedule: Schedule, stage_fn: Callable, loss_fn: Callable, *, mesh, axis_name: str,
                    first_fn: Callable | None = None, residuals: str = "recompute", aux: bool = False,
-                   batch_axes: tuple[str, ...] = ()) -> Pipeline:
+                   batch_axes: tuple[str, ...] = (), param_axes: Callable | None = None) -> Pipeline:
     """The jitted pipeline step for `schedule` (see module docstring for the functions' contract).
 
     mesh/axis_name: the caller's mesh and the name of its pipeline axis (size schedule.num_ranks); this
     module never assumes a mesh axis name. residuals: "recompute" keeps each stage's input and recomputes
     the stage forward in B and W; "store" keeps the vjp residuals of F (minus the parameters themselves).
     aux: use the full contract (consts in, aux loss and stats out). batch_axes: data-parallel mesh axes.
+    param_axes: mesh axes of sharded parameter leaves (module docstring); None: all replicated.
     """
     batch_axes = tuple(batch_axes)
     _check_args(schedule, mesh, axis_name, residuals, batch_axes)
+    param_axes = param_axes or _no_axes
     plan = build_plan(schedule, residuals=residuals == "store")
     fns = ((stage_fn, loss_fn) if aux else _plain(stage_fn, loss_fn)) + (first_fn,)
-    program = make_program(plan, fns, axis_name, batch_axes, residuals == "store")
+    program = make_program(plan, fns, axis_name, batch_axes, residuals == "store", param_axes)
     pipe, data = P(axis_name), (P(None, batch_axes) if batch_axes else P())
-    out_specs = dict(loss=P(), stage_grads=pipe, shared_grads=P(), ticks=pipe, aux_loss=P(), metrics=P(),
-                     stage_stats=pipe, last_stats=P())
-    fn = jax.shard_map(program, mesh=mesh, in_specs=(pipe, pipe, P(), data, data, pipe, P()),
-                       out_specs=out_specs)
 
     def step(slot_params, shared, inputs, targets, consts):
-        args = (_place(jnp.asarray(plan.table), mesh, pipe), _place(slot_params, mesh, pipe),
-                _place(shared, mesh, P()), _place(inputs, mesh, data), _place(targets, mesh, data),
+        stage_spec = _specs(param_axes, "stage", slot_params, (axis_name,), batch_axes)
+        shared_spec = _specs(param_axes, "shared", shared, (), batch_axes)
+        out_specs = dict(loss=P(), stage_grads=stage_spec, shared_grads=shared_spec, ticks=pipe, aux_loss=P(),
+                         metrics=P(), stage_stats=pipe, last_stats=P())
+        fn = jax.shard_map(program, mesh=mesh, in_specs=(pipe, stage_spec, shared_spec, data, data, pipe, P()),
+                           out_specs=out_specs)
+        args = (_place(jnp.asarray(plan.table), mesh, pipe), _place(slot_params, mesh, stage_spec),
+                _place(shared, mesh, shared_spec), _place(inputs, mesh, data), _place(targets, mesh, data),
                 _place(consts[0], mesh, pipe), _place(consts[1], mesh, P()))
         o = fn(*args)
         return PipelineOutput(o["loss"], o["stage_grads"], o["shared_grads"], o["ticks"][:, 0], o["ticks"][:, 1],

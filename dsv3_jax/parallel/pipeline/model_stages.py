@@ -7,6 +7,10 @@
     loss_fn    final norm, head, cross-entropy, the D MTP modules and their loss (eq. 21-25) and the MTP
                blocks' balance loss and counts                                (last stage)
 
+With moe_impl="ep" the MoE layers run on this rank's routed experts and exchange tokens over the expert
+axis (model_experts.py); their stats["comm_bytes"] are DROPPED here (only counts and the balance terms leave a
+stage), so the pipelined step reports no comm metrics.
+
 Micro-batches (`micro_batches`): a batch [B, T] becomes chunks micro-batches of B/chunks sequences, sequence
 j·chunks + m in micro-batch m, so a data shard's contiguous rows split into micro-batches without moving data.
 Targets carry what the last stage needs: the input tokens (MTP embeds t_{i+k}), the next tokens, and

@@ -4,7 +4,8 @@ At each tick every rank does a `lax.switch` over {idle, F, B, B-input-only, W, F
 `lax.ppermute`s (to the right and to the left neighbour, each carrying one forward and one backward message)
 move activations and gradients in both directions (DualPipe's bidirectional pipeline, V3 report §3.2.1).
 After the scan: DualPipe's two parameter copies get their gradients summed across mirror ranks, and losses,
-gradients and statistics are summed over the data (batch) axes once.
+gradients and statistics are summed over the data (batch) axes once (a parameter leaf split over some batch
+axes, executor.py `param_axes`, over the others only).
 """
 
 from __future__ import annotations
@@ -64,7 +65,16 @@ def mirror_sum(tree, axis_name: str, n: int):
     return jax.tree.map(one, tree)
 
 
-def make_program(plan: TickPlan, fns, axis_name: str, batch_axes: tuple[str, ...], store: bool):
+def _psum_params(tree, kind: str, param_axes, axes: tuple[str, ...]):
+    """psum each leaf over `axes` minus the mesh axes param_axes(kind, path) splits it over."""
+    def one(path, g):
+        split = set(param_axes(kind, path))
+        over = tuple(a for a in axes if a not in split)
+        return jax.lax.psum(g, over) if over else g
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def make_program(plan: TickPlan, fns, axis_name: str, batch_axes: tuple[str, ...], store: bool, param_axes):
     """run(table, slot_params, shared, inputs, targets, stage_consts, shared_consts) for shard_map."""
     sched, axes = plan.schedule, (axis_name,) + tuple(batch_axes)
 
@@ -78,9 +88,11 @@ def make_program(plan: TickPlan, fns, axis_name: str, batch_axes: tuple[str, ...
             grads, stats = mirror_sum((grads, stats), axis_name, sched.num_ranks)
         over_batch = (lambda t: jax.lax.psum(t, batch_axes)) if batch_axes else (lambda t: t)
         over_all = lambda t: jax.lax.psum(t, axes)
-        return dict(loss=over_all(state["loss"]), stage_grads=over_batch(grads),
-                    shared_grads=over_all(state["sacc"]), ticks=state["busy"][None],
-                    aux_loss=over_all(state["aux_loss"]), metrics=over_all(state["metrics"]),
-                    stage_stats=over_batch(stats), last_stats=over_all(state["last"]))
+        stage_grads = _psum_params(grads, "stage", param_axes, batch_axes)
+        shared_grads = _psum_params(state["sacc"], "shared", param_axes, axes)
+        return dict(loss=over_all(state["loss"]), stage_grads=stage_grads, shared_grads=shared_grads,
+                    ticks=state["busy"][None], aux_loss=over_all(state["aux_loss"]),
+                    metrics=over_all(state["metrics"]), stage_stats=over_batch(stats),
+                    last_stats=over_all(state["last"]))
 
     return run

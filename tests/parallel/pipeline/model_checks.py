@@ -33,6 +33,30 @@ def run_rows(call: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
+def check_ep_rows(rows: list[dict], cases: list) -> None:
+    """Pipelined EP train step (SGD with momentum: the moment is the gradient) == the unpipelined one."""
+    assert [(r["name"], r["mesh"], r["chunks"]) for r in rows] == [tuple(c) for c in cases], rows
+    for r in rows:
+        print(json.dumps(r))
+        tag = f"{r['name']} {r['mesh']} moe_impl={r['moe_impl']}"
+        assert r["step"] == 1 and not r["missing_keys"], (tag, r)
+        assert all(k.startswith("comm_bytes/") for k in r["extra_ref_keys"]), (tag, r["extra_ref_keys"])
+        for key, rel in r["metric_rel"].items():           # loss, CE, MTP, balance, grad norm
+            assert rel < 1e-6, (tag, key, rel)
+        assert r["grad_max_rel"] < 1e-5 and r["grad_diff"] < 1e-10, (tag, r["grad_max_rel"], r["grad_diff"])
+        assert r["param_max_abs"] < 1e-6, (tag, r["param_max_abs"])
+        assert r["load_equal"] and r["router_equal"], tag
+        assert r["all_to_all"] > 0, (tag, "no all_to_all: the experts were not exchanged")
+        for path, split in moment_split(r["moment_specs"]).items():    # EP/ZeRO layout of the optimizer moment
+            e = len(split) - 3                                          # [(L,) E, D, F]: E over expert, D over fsdp
+            assert split[e] == r["mesh"]["expert"] and split[e + 1] == r["mesh"].get("fsdp", 1), (tag, path, split)
+
+
+def moment_split(specs: dict) -> dict:
+    """{path: the factor each dim of the leaf is split by} from step_cases' (spec, shape, shard shape)."""
+    return {p: [s // t for s, t in zip(shape, shard)] for p, (_, shape, shard) in specs.items()}
+
+
 def run_schedule(name: str, n_ranks: int, store_second: bool = False) -> list[dict]:
     """`name` on n_ranks devices for chunks 2·n_ranks and 2·n_ranks+2 (the second with stored residuals
     when store_second), against the unpipelined model with 2·n_ranks layers."""
