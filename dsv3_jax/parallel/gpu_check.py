@@ -41,7 +41,7 @@ def loss_and_grad_fn(cfg):
     """jit(params, router, batch) -> (loss, gradient global norm), the train step's loss."""
     def fn(params, router, batch):
         grad_fn = jax.value_and_grad(step_lib.loss_fn, has_aux=True)
-        (loss, _), grads = grad_fn(params, router, batch, cfg, 0.3, 1e-4)
+        (loss, _), grads = grad_fn(params, {}, router, batch, cfg, 0.3, 1e-4)  # {}: no FP8 histories
         return loss, jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in jax.tree.leaves(grads)))
     return jax.jit(fn)
 
