@@ -27,4 +27,15 @@ ABLATIONS = {
         "limited_2_of_4": {"model.n_limited_groups": 2},
         "unlimited": {"model.n_limited_groups": 4},
     },
+    # V3 report §3.3 / App. B.1: fine-grained (1x128 / 128x128) online FP8 vs a BF16 baseline and per-tensor
+    # delayed scaling (TransformerEngine style). FP8 needs the grouped-GEMM experts, so every variant uses
+    # moe_impl="ragged"; all compute in bf16. On CPU, FP8 is emulated by rounding to float8 dtypes.
+    # log_every=1 so final_train_ce averages the last 10 steps of these short runs; no end-of-run sample.
+    "fp8": {name: {"model.dtype": "bfloat16", "model.moe_impl": "ragged", "model.fp8": recipe,
+                   "train.log_every": 1, "train.sample_tokens": 0}
+            for name, recipe in (("bf16", "none"), ("fp8_blockwise", "blockwise"),
+                                 ("fp8_per_tensor_delayed", "per_tensor_delayed"))},
 }
+
+# Ablations whose table also gets the relative difference of each variant's losses to a baseline variant.
+BASELINES = {"fp8": "bf16"}

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 import dsv3_jax
 from dsv3_jax.experiment_config import model_config
-from experiments.ablations import ABLATIONS
+from experiments.ablations import ABLATIONS, BASELINES
 
 
 def load_config(path: str):
@@ -64,6 +64,19 @@ def summarize(name: str, cd, rows: list[dict], seconds: float) -> dict:
         "val_bits_per_byte": last.get("val_bits_per_byte"), "val_mtp_acc": last.get("val_mtp_acc"),
         "val_load_max_over_mean": sum(loads) / len(loads) if loads else None, "minutes": seconds / 60,
     }
+
+
+def add_relative_errors(results: list[dict], baseline: str) -> list[dict]:
+    """Add (loss - baseline loss) / baseline loss in percent for the final train CE and the val bits/byte
+    (the V3 report's FP8 criterion, §3.3: relative loss error vs BF16)."""
+    base = next((r for r in results if r["variant"] == baseline), None)
+    if base is None:
+        raise ValueError(f"baseline variant {baseline!r} not among {[r['variant'] for r in results]}")
+    for r in results:
+        for key, col in (("final_train_ce", "train_ce_rel_%"), ("val_bits_per_byte", "val_bpb_rel_%")):
+            ok = r[key] is not None and base[key]
+            r[col] = 100 * (r[key] - base[key]) / base[key] if ok else None
+    return results
 
 
 def _fmt(v):
@@ -114,6 +127,8 @@ def run_ablation(ablation: str, base: str, workdir: str, steps: int | None = Non
         rows = read_metrics(run_dir)
         results.append(summarize(name, cd, rows, time.time() - t0))
         curves[name] = [(r["step"], r["ce"]) for r in rows if r["kind"] == "train"]
+    if ablation in BASELINES:
+        add_relative_errors(results, BASELINES[ablation])
     table = markdown_table(results)
     with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
         f.write(f"# {ablation}\n\n{table}\n")
