@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
+
+from dsv3_jax.quant.fp8_delayed import init_delayed_meta
+from dsv3_jax.quant.recipe import make_matmul, make_ragged_dot
 
 FP8_META_COLLECTION = "fp8_meta"  # per-tensor delayed FP8: amax histories, updated as their gradient
 
@@ -35,18 +37,16 @@ def fp8_kernel(module: nn.Module, name: str, kernel, cfg):
     Each such kernel must feed exactly one matmul per step (its meta's gradient is its next value)."""
     if cfg.fp8 != "per_tensor_delayed":
         return kernel
-    from dsv3_jax.quant.fp8_delayed import init_delayed_meta
     meta = module.variable(FP8_META_COLLECTION, name, init_delayed_meta, cfg.fp8_amax_history).value
     return MetaKernel(kernel, meta)
 
 
-def _meta_or_fresh(w, history: int):
-    """A MetaKernel's histories, or empty ones (scales from the current amax) for a bare kernel: inference
-    paths that hold plain param dicts quantize per tensor online."""
+def _kernel_and_meta(w, cfg):
+    """(kernel, FP8 histories or None). A bare kernel under per_tensor_delayed gets empty histories, i.e.
+    scales from the current amax: the inference paths hold plain param dicts and quantize per tensor online."""
     if isinstance(w, MetaKernel):
         return w.kernel, w.meta
-    from dsv3_jax.quant.fp8_delayed import init_delayed_meta
-    return w, init_delayed_meta(history)
+    return w, init_delayed_meta(cfg.fp8_amax_history) if cfg.fp8 == "per_tensor_delayed" else None
 
 
 def matmul(x: jnp.ndarray, kernel: jnp.ndarray, dtype) -> jnp.ndarray:
@@ -56,37 +56,20 @@ def matmul(x: jnp.ndarray, kernel: jnp.ndarray, dtype) -> jnp.ndarray:
 
 
 def matmul_fn(cfg):
-    """The `mm(x, kernel)` every Linear of MLA and the MLPs uses, chosen once from the config (cfg.fp8)."""
-    dtype = jnp.dtype(cfg.dtype)
-    if cfg.fp8 == "per_tensor_delayed":
-        from dsv3_jax.quant.recipe import make_matmul
-        fp8_mm = make_matmul(cfg.fp8, dtype=dtype)
-        return lambda x, w: fp8_mm(x, *_meta_or_fresh(w, cfg.fp8_amax_history))
-    if cfg.fp8 != "none":
-        from dsv3_jax.quant.recipe import make_matmul
-        fp8_mm = make_matmul(cfg.fp8, dtype=dtype, impl=cfg.fp8_impl)
-        return lambda x, w: fp8_mm(x, kernel_of(w))
-    return lambda x, w: matmul(x, kernel_of(w), dtype)
+    """The `mm(x, w)` every Linear of MLA and the MLPs uses, chosen once from the config (cfg.fp8; "none" is
+    `matmul`); w is a kernel or a MetaKernel."""
+    mm = make_matmul(cfg.fp8, dtype=jnp.dtype(cfg.dtype), impl=cfg.fp8_impl)
+    return lambda x, w: mm(x, *_kernel_and_meta(w, cfg))
 
 
 def grouped_matmul_fn(cfg):
     """The grouped GEMM `gmm(x [M,K], w [E,K,N], group_sizes [E])` of the routed experts (cfg.fp8)."""
-    dtype = jnp.dtype(cfg.dtype)
-    if cfg.fp8 == "per_tensor_delayed":
-        from dsv3_jax.quant.recipe import make_ragged_dot
-        fp8_gmm = make_ragged_dot(cfg.fp8, dtype=dtype)
-        return lambda x, w, sizes: fp8_gmm(x, *_split3(w, sizes, cfg.fp8_amax_history))
-    if cfg.fp8 != "none":
-        from dsv3_jax.quant.recipe import make_ragged_dot
-        fp8_gmm = make_ragged_dot(cfg.fp8, dtype=dtype)
-        return lambda x, w, sizes: fp8_gmm(x, kernel_of(w), sizes)
-    return lambda x, w, sizes: jax.lax.ragged_dot(x.astype(dtype), kernel_of(w).astype(dtype), sizes,
-                                                  preferred_element_type=jnp.float32).astype(dtype)
+    gmm = make_ragged_dot(cfg.fp8, dtype=jnp.dtype(cfg.dtype))
 
-
-def _split3(w, sizes, history):
-    kernel, meta = _meta_or_fresh(w, history)
-    return kernel, sizes, meta
+    def fn(x, w, sizes):
+        kernel, meta = _kernel_and_meta(w, cfg)
+        return gmm(x, kernel, sizes, meta)
+    return fn
 
 
 def normal_init(std: float):

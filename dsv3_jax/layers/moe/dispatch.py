@@ -17,6 +17,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dsv3_jax.layers.linear import kernel_of
+
 
 def sort_assignments(experts, n_experts: int):
     """Order [M] that groups assignments by expert (stable), its inverse, and group sizes [E]."""
@@ -43,8 +45,7 @@ def grouped_swiglu(xs, w1, w2, w3, sizes, dtype, gmm=None):
 def routed_experts_ragged(x, weights, experts, w1, w2, w3, dtype, gmm=None):
     """x [N, D], weights/experts [N, k] -> Σ_k weights · expert(x) [N, D] via sort + grouped GEMM."""
     n, k = experts.shape
-    n_experts = (w1.kernel if hasattr(w1, "kernel") else w1).shape[0]  # w1 may carry FP8 meta (layers/linear)
-    order, inverse, sizes = sort_assignments(experts, n_experts)
+    order, inverse, sizes = sort_assignments(experts, kernel_of(w1).shape[0])  # w1 may be a MetaKernel
     xs = jnp.take(x, order // k, axis=0)  # [M, D], assignment j of token t sits at t·k + j
     ys = grouped_swiglu(xs, w1, w2, w3, sizes, dtype, gmm)
     y = jnp.take(ys, inverse, axis=0).reshape(n, k, -1)
