@@ -33,7 +33,7 @@ setup(
         "console_scripts": [
             "dsv3-train=dsv3_jax.cli.train:main",
             "dsv3-report=dsv3_jax.cli.report:main",
-            "dsv3-pipeline-sim=dsv3_jax.parallel.pipeline.simulate:main",
+            "dsv3-pipeline-sim=dsv3_jax.cli.pipeline_sim:main",
             "dsv3-convert=dsv3_jax.cli.convert:main",
             "dsv3-generate=dsv3_jax.cli.generate:main",
         ],

@@ -1,4 +1,4 @@
-"""GPU check of the ragged_all_to_all EP path: `python -m dsv3_jax.parallel.gpu_check [--config configs/tiny.py]`.
+"""GPU check of the ragged_all_to_all EP path: `python -m benchmarks.gpu_check [--config configs/tiny.py]`.
 
 Runs the training loss and gradient of a model (configs/tiny.py by default, moe_impl="ep", float32,
 "highest" matmul precision) on ONE device under a mesh whose expert axis has size 1, with the EP path forced
@@ -6,8 +6,10 @@ Runs the training loss and gradient of a model (configs/tiny.py by default, moe_
 dispatch, ragged_dot expert GEMM, ragged_all_to_all combine. It compares the loss and gradient norm with the
 capacity-padded all_to_all path (the CPU path) and with the local path, for compute-dtype and FP8 payloads,
 and exits 1 on a mismatch. `--export` instead lowers the ragged step for CUDA on any machine (jax.export,
-REFERENCE §7) with the expert axis over all local devices, and checks the native ragged-all-to-all is in it:
-XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python -m dsv3_jax.parallel.gpu_check --export
+docs/paper.md §7) with the expert axis over all local devices and the expert-parallel context built for the
+"gpu" platform (native ragged_all_to_all), and checks the collective is in it:
+XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python -m benchmarks.gpu_check --export
+A check, not library code: it lives outside the package.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import argparse
 import importlib.util
 import re
 import sys
-from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -26,7 +27,7 @@ import numpy as np
 import dsv3_jax
 from dsv3_jax import sharding
 from dsv3_jax.experiment_config import model_config
-from dsv3_jax.parallel import expert
+from dsv3_jax.layers.moe.ep import make_expert_parallel
 from dsv3_jax.train import step as step_lib
 
 
@@ -37,11 +38,14 @@ def load_model_config(path: str):
     return model_config(module.get_config()).replace(moe_impl="ep", dtype="float32")
 
 
-def loss_and_grad_fn(cfg):
-    """jit(params, router, batch) -> (loss, gradient global norm), the train step's loss."""
+def loss_and_grad_fn(cfg, mesh, platform=None):
+    """jit(params, router, batch) -> (loss, gradient global norm), the train step's loss, with the expert-parallel
+    context of `mesh` on `platform` (default: this machine's)."""
+    ctx = make_expert_parallel(cfg, mesh, platform=platform)
+
     def fn(params, router, batch):
         grad_fn = jax.value_and_grad(step_lib.loss_fn, has_aux=True)
-        (loss, _), grads = grad_fn(params, {}, router, batch, cfg, 0.3, 1e-4)  # {}: no FP8 histories
+        (loss, _), grads = grad_fn(params, {}, router, batch, cfg, 0.3, 1e-4, ctx)  # {}: no FP8 histories
         return loss, jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in jax.tree.leaves(grads)))
     return jax.jit(fn)
 
@@ -57,13 +61,13 @@ def inputs(cfg, batch: int, seq: int, seed: int = 0):
 def run_paths(cfg, params, router, batch, mesh) -> dict:
     """{(dispatch, payload): (loss, grad norm)} for the forced EP paths and the local path."""
     out = {}
-    with jax.set_mesh(mesh), jax.default_matmul_precision("highest"):
+    with jax.default_matmul_precision("highest"):
         for payload in ("compute", "fp8"):
             for dispatch in ("ragged", "all_to_all"):
                 c = cfg.replace(ep_dispatch=dispatch, ep_payload=payload)
-                out[(dispatch, payload)] = tuple(float(v) for v in loss_and_grad_fn(c)(params, router, batch))
-        out[("local", "compute")] = tuple(float(v) for v in
-                                          loss_and_grad_fn(cfg.replace(ep_dispatch="auto"))(params, router, batch))
+                out[(dispatch, payload)] = tuple(float(v) for v in loss_and_grad_fn(c, mesh)(params, router, batch))
+        local = loss_and_grad_fn(cfg.replace(ep_dispatch="auto"), mesh)
+        out[("local", "compute")] = tuple(float(v) for v in local(params, router, batch))
     return out
 
 
@@ -75,9 +79,8 @@ def export_check(cfg, params, router, batch) -> bool:
     unchecked = [jax.export.DisabledSafetyCheck.custom_call("ragged_all_to_all")]  # not serialized
     ok = True
     for payload in ("compute", "fp8"):
-        fn = loss_and_grad_fn(cfg.replace(ep_dispatch="ragged", ep_payload=payload))
-        with jax.set_mesh(mesh), mock.patch.object(expert, "_backend", lambda: "gpu"):  # trace the GPU branch
-            exported = jax.export.export(fn, platforms=["cuda"], disabled_checks=unchecked)(params, router, batch)
+        fn = loss_and_grad_fn(cfg.replace(ep_dispatch="ragged", ep_payload=payload), mesh, platform="gpu")
+        exported = jax.export.export(fn, platforms=["cuda"], disabled_checks=unchecked)(params, router, batch)
         n = re.findall(r"custom_call @(\w+)", exported.mlir_module()).count("ragged_all_to_all")
         print(f"CUDA lowering, expert axis {dict(mesh.shape)['expert']}, {payload} payload: "
               f"{n} ragged_all_to_all")

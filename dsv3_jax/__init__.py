@@ -1,4 +1,4 @@
-"""dsv3_jax: DeepSeek-V3 in JAX/Flax for research (README.md; spec in DESIGN.md / REFERENCE.md)."""
+"""dsv3_jax: DeepSeek-V3 in JAX/Flax for research (README.md; docs/architecture.md, docs/numerics.md, docs/paper.md)."""
 
 from dsv3_jax.config import ModelConfig
 from dsv3_jax.model import DeepSeekV3, ModelOutput

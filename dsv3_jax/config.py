@@ -1,8 +1,11 @@
 """ModelConfig: the one frozen description of a DeepSeek-V2/V3-style model.
 
 Field names follow the official inference configs (github deepseek-ai/DeepSeek-V3 `inference/configs/*.json`,
-REFERENCE §1); `from_hf_config_names` lists the Hugging Face spelling of each. The config is validated on
-construction: every error names the offending field and what was expected.
+docs/paper.md §1); `HF_NAMES` lists the Hugging Face spelling of each. The config is validated on construction:
+every error names the offending field and what was expected. Fields whose values name implementations
+(score_func, attention, moe_impl, ep_dispatch, ep_payload, ep_combine, remat, fp8) are checked against the
+registry that owns those implementations (registry.CHOICES; the registries live next to their code in layers/
+and quant/ and join the table when `import dsv3_jax` imports them).
 """
 
 from __future__ import annotations
@@ -11,18 +14,12 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
-SCORE_FUNCS = ("softmax", "sigmoid")
-ATTENTIONS = ("mla", "mha", "gqa")
-DTYPES = ("float32", "bfloat16", "float16")
-MOE_IMPLS = ("ragged", "blocked", "dense", "ep")
-EP_DISPATCH = ("auto", "all_to_all", "ragged")
-EP_PAYLOADS = ("compute", "fp8", "logfmt8", "logfmt10")
-EP_COMBINES = ("compute", "bfloat16")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-FP8_RECIPES = ("none", "blockwise", "per_tensor_delayed")
-FP8_IMPLS = ("reference", "auto", "mosaic_gpu", "triton")
+from dsv3_jax import registry
 
-# Official-config name -> Hugging Face config.json name (REFERENCE §1).
+DTYPES = ("float32", "bfloat16", "float16")
+FP8_IMPLS = ("reference", "auto", "mosaic_gpu", "triton")  # pallas_kernels' GEMM choice (its own dispatch)
+
+# Official-config name -> Hugging Face config.json name (docs/paper.md §1).
 HF_NAMES = {
     "vocab_size": "vocab_size",
     "dim": "hidden_size",
@@ -51,7 +48,7 @@ HF_NAMES = {
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Every architectural knob of the model. Defaults are DeepSeek-V3 671B (REFERENCE §1)."""
+    """Every architectural knob of the model. Defaults are DeepSeek-V3 671B (docs/paper.md §1)."""
 
     # Sizes.
     vocab_size: int = 129280
@@ -94,10 +91,11 @@ class ModelConfig:
     n_kv_heads: int = 0  # GQA only: number of key/value heads (0 = n_heads)
     dtype: str = "float32"  # compute dtype; params are always float32
     init_std: float = 0.006  # V3 report §4.2
-    # "ragged": sort + grouped GEMM (jax.lax.ragged_dot; GPU); "blocked": sort + block-padded batched GEMM (fast
-    # on CPU); "dense": every expert on every token (the reference); "ep": expert parallelism over the mesh's
-    # expert axis (parallel/expert.py; the local path when there is none). All exact, none drops tokens.
-    moe_impl: str = "ragged"
+    # Expert backend (layers/moe/experts.py): "ragged" sort + grouped GEMM (jax.lax.ragged_dot; GPU, FP8);
+    # "blocked" sort + block-padded batched GEMM (fast on CPU); "dense" every expert on every token (the
+    # reference); "ep" expert parallelism over the mesh's expert axis (layers/moe/ep.py); "auto" the fastest
+    # exact one for the platform, resolved once at set-up. All exact, none drops tokens.
+    moe_impl: str = "auto"
     # Expert parallelism (moe_impl="ep"). ep_dispatch "auto": ragged_all_to_all on GPU/TPU, capacity-padded
     # all_to_all on CPU, the local path when the expert axis has size 1; "ragged" / "all_to_all" force one
     # (even at expert axis size 1). Payloads (V3 report §3.3): dispatch in the compute dtype, "fp8" (1x128
@@ -189,22 +187,14 @@ def _validate(c: ModelConfig):
              f"must be <= n_layers={c.n_layers}, got {c.n_dense_layers}")
     _require(c.qk_rope_head_dim % 2 == 0 and c.qk_rope_head_dim > 0, "qk_rope_head_dim",
              f"must be a positive even number (RoPE rotates pairs), got {c.qk_rope_head_dim}")
-    _require(c.score_func in SCORE_FUNCS, "score_func", f"must be one of {SCORE_FUNCS}, got {c.score_func!r}")
-    _require(c.attention in ATTENTIONS, "attention", f"must be one of {ATTENTIONS}, got {c.attention!r}")
     _require(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {c.dtype!r}")
-    _require(c.moe_impl in MOE_IMPLS, "moe_impl", f"must be one of {MOE_IMPLS}, got {c.moe_impl!r}")
-    _require(c.ep_dispatch in EP_DISPATCH, "ep_dispatch", f"must be one of {EP_DISPATCH}, got {c.ep_dispatch!r}")
-    _require(c.ep_payload in EP_PAYLOADS, "ep_payload", f"must be one of {EP_PAYLOADS}, got {c.ep_payload!r}")
-    _require(c.ep_combine in EP_COMBINES, "ep_combine", f"must be one of {EP_COMBINES}, got {c.ep_combine!r}")
     _require(isinstance(c.ep_nodes, int) and c.ep_nodes >= 0, "ep_nodes",
              f"must be a non-negative int, got {c.ep_nodes!r}")
-    _require(c.remat in REMAT_POLICIES, "remat", f"must be one of {REMAT_POLICIES}, got {c.remat!r}")
-    _require(c.fp8 in FP8_RECIPES, "fp8", f"must be one of {FP8_RECIPES}, got {c.fp8!r}")
     _require(isinstance(c.fp8_amax_history, int) and c.fp8_amax_history >= 1, "fp8_amax_history",
              f"must be an int >= 1, got {c.fp8_amax_history!r}")
     _require(c.fp8_impl in FP8_IMPLS, "fp8_impl", f"must be one of {FP8_IMPLS}, got {c.fp8_impl!r}")
-    _require(c.fp8 == "none" or c.moe_impl == "ragged", "moe_impl",
-             f"FP8 experts use the grouped GEMM: fp8={c.fp8!r} needs moe_impl='ragged', got {c.moe_impl!r}")
+    for field in sorted(registry.CHOICES):  # names, then each registry's cross-field rules
+        registry.CHOICES[field].validate(c)
     _require(c.norm_eps > 0, "norm_eps", f"must be > 0, got {c.norm_eps}")
     _require(c.rope_theta > 0, "rope_theta", f"must be > 0, got {c.rope_theta}")
     _require(c.rope_factor >= 1, "rope_factor", f"must be >= 1, got {c.rope_factor}")

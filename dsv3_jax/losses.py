@@ -1,4 +1,4 @@
-"""Training losses, all in fp32 (DESIGN.md principle 6).
+"""Training losses, all in fp32 (docs/numerics.md).
 
 - cross_entropy: mean next-token CE over unmasked positions.
 - mtp_loss: L_MTP = (λ/D) Σ_k L_k (V3 report eq. 24-25); depth k at position i predicts t_{i+k+1}.

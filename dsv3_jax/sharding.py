@@ -1,8 +1,8 @@
-"""Logical axis names -> mesh axes: the ONLY place mesh axis names appear (DESIGN.md principle 5).
+"""Logical axis names -> mesh axes: the ONLY place mesh axis names appear (docs/architecture.md).
 
 Mesh axes: data (pure data parallel), fsdp (ZeRO: params and optimizer state sharded, also a batch axis),
 expert (expert parallelism; also a batch axis, as DeepSeek's EP ranks are DP ranks), pipe (pipeline stages),
-tensor (tensor parallelism; DeepSeek-V3 uses none, REFERENCE §4, but the axis exists for research).
+tensor (tensor parallelism; DeepSeek-V3 uses none, docs/paper.md §4, but the axis exists for research).
 """
 
 from __future__ import annotations
@@ -99,3 +99,32 @@ def expert_axis() -> str:
 def batch_axes() -> tuple[str, ...]:
     """The mesh axes the batch (and so the tokens of an MoE layer) is split over."""
     return mesh_axes_for("batch")
+
+
+# ----- device-varying types inside jax.shard_map (check_vma) ---------------------------------------------------
+# Values computed per device inside shard_map "vary" over the mesh axes they differ along; fresh constants are
+# invariant. Mixing the two in lax.cond / lax.switch branches, or in a collective's output buffer, is a type error,
+# so such constants are cast to vary like the values they stand beside.
+
+def varying_axes(x) -> frozenset:
+    """Mesh axes over which `x` is device-varying (empty outside shard_map). jax 0.10 spells the set
+    `manual_axis_type.varying`; later versions `vma`."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "manual_axis_type", None)
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", None) or ())
+
+
+def vary(tree, axes):
+    """Cast every leaf of `tree` to vary over all of `axes` (those it already varies over are kept)."""
+    def one(a):
+        missing = tuple(ax for ax in axes if ax not in varying_axes(a))
+        return jax.lax.pcast(a, missing, to="varying") if missing else a
+    return jax.tree.map(one, tree)
+
+
+def vary_like(tree, *refs):
+    """`tree` cast to vary over every axis any of `refs` varies over."""
+    axes = frozenset().union(*(varying_axes(r) for r in jax.tree.leaves(refs)))
+    return vary(tree, tuple(sorted(axes)))

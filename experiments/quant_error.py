@@ -22,7 +22,7 @@ Formats (each a quantize-dequantize round trip along the channel axis, 1x128 til
 Metrics per tensor kind, summed over layers and batches: rel_l2 = ||x - x̂|| / ||x||; max_rel = max over
 nonzero elements of |x - x̂| / |x| (1.0 means some element was flushed to zero); flushed = the fraction of
 nonzero elements decoded as exactly zero.
-Claim compared with (REFERENCE §3, Insights §3.2): LogFMT-8 is more accurate than E4M3 and E5M2.
+Claim compared with (docs/paper.md §3, Insights §3.2): LogFMT-8 is more accurate than E4M3 and E5M2.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dsv3_jax import param_tree as pt
 from dsv3_jax.layers.attention_core import causal_mask
 from dsv3_jax.layers.block import Block
 from dsv3_jax.layers.linear import matmul_fn
@@ -92,15 +93,15 @@ def swiglu_hidden(x, w1, w3):
 def ffn_inputs(cfg, p, bias, h, moe: bool) -> dict:
     """Inputs of the FFN's Linears for the normed input h [B,T,D] of a dense or an MoE layer."""
     if not moe:
-        return {"dense_ffn_in": h, "dense_swiglu": swiglu_hidden(h, p["mlp"]["w1"], p["mlp"]["w3"])}
-    m, tokens = p["moe"], h.reshape(-1, h.shape[-1])
+        return {"dense_ffn_in": h, "dense_swiglu": swiglu_hidden(h, p[pt.MLP]["w1"], p[pt.MLP]["w3"])}
+    m, tokens = p[pt.MOE_FFN], h.reshape(-1, h.shape[-1])
     r = router.route(tokens, m["gate"], bias, score_func=cfg.score_func, n_groups=cfg.n_expert_groups,
                      topk_groups=cfg.n_limited_groups, k=cfg.n_activated_experts, route_scale=cfg.route_scale)
-    e = m["routed_experts"]
+    e = m[pt.ROUTED]
     hid = jax.nn.silu(jnp.einsum("nd,edf->nef", tokens, e["w1"])) * jnp.einsum("nd,edf->nef", tokens, e["w3"])
     out = {"moe_dispatch": h, "routed_swiglu": jnp.take_along_axis(hid, r.experts[..., None], axis=1)}
-    if "shared_experts" in m:
-        out["shared_swiglu"] = swiglu_hidden(tokens, m["shared_experts"]["w1"], m["shared_experts"]["w3"])
+    if pt.SHARED in m:
+        out["shared_swiglu"] = swiglu_hidden(tokens, m[pt.SHARED]["w1"], m[pt.SHARED]["w3"])
     return out
 
 
@@ -114,20 +115,21 @@ def capture(cfg, variables, tokens):
     b, t = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     mask = causal_mask(positions, positions)
-    x = jnp.take(params["embed"]["embedding"], tokens, axis=0)
+    x = jnp.take(params[pt.EMBED]["embedding"], tokens, axis=0)
     acts = defaultdict(list)
-    for stack, moe, n in (("dense_layers", False, cfg.n_dense_layers), ("moe_layers", True, cfg.n_moe_layers)):
+    for stack, n in pt.stack_sizes(cfg).items():
+        moe = pt.stack_is_moe(stack)
         for i in range(n):
             p = _slice(params[stack], i)
             lv = {"params": p, **({"router": _slice(routers[stack], i)} if moe and stack in routers else {})}
-            (x_next, _), st = Block(cfg, moe).apply(lv, x, positions, mask, capture_intermediates=_is_norm,
-                                                   mutable=["intermediates"])
+            (x_next, _, _), st = Block(cfg, moe).apply(lv, x, positions, mask, capture_intermediates=_is_norm,
+                                                      mutable=["intermediates"])
             norms = st["intermediates"]
-            bias = lv["router"]["moe"]["bias"] if "router" in lv else None
+            bias = lv[pt.ROUTER][pt.MOE_FFN][pt.BIAS] if pt.ROUTER in lv else None
             found = {}
             if cfg.attention == "mla":
-                found.update(attention_inputs(cfg, p["attn"], norms["attn_norm"]["__call__"][0], positions, mask))
-            found.update(ffn_inputs(cfg, p, bias, norms["ffn_norm"]["__call__"][0], moe))
+                found.update(attention_inputs(cfg, p[pt.ATTN], norms[pt.ATTN_NORM]["__call__"][0], positions, mask))
+            found.update(ffn_inputs(cfg, p, bias, norms[pt.FFN_NORM]["__call__"][0], moe))
             for kind, a in found.items():
                 acts[kind].append(a.reshape(-1, a.shape[-1]))
             x = x_next

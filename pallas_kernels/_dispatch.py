@@ -1,4 +1,4 @@
-"""Implementation choice shared by the kernel packages (DESIGN.md principle 7).
+"""Implementation choice shared by the kernel packages (an explicit choice fails fast; "auto" falls back to the reference and says so).
 
 An explicit choice ("mosaic_gpu", "triton", "reference") fails fast with a ValueError when it cannot run here;
 "auto" picks the fastest available implementation and, when that is the reference, says so once per

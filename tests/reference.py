@@ -1,5 +1,5 @@
 """Independent float64 numpy reference of DeepSeek-V3, written from the equations (V3 report §2, the official
-inference/model.py semantics in REFERENCE.md). Never imports dsv3_jax: tests compare the package against it.
+inference/model.py semantics in docs/paper.md). Never imports dsv3_jax: tests compare the package against it.
 
 Weights use the package's parameter names and the [in, out] kernel layout; that is the only shared contract.
 """

@@ -11,7 +11,7 @@ def test_v3_defaults_and_derived_sizes():
     assert c.qk_head_dim == 192
     assert c.n_moe_layers == 58
     assert c.experts_per_group == 32
-    # REFERENCE §2: V3 softmax scale 0.135234 (192^-0.5 · (0.1 ln 40 + 1)²), 70,272 B KV cache per token.
+    # docs/paper.md §2: V3 softmax scale 0.135234 (192^-0.5 · (0.1 ln 40 + 1)²), 70,272 B KV cache per token.
     assert math.isclose(c.softmax_scale, 0.135234, abs_tol=5e-7)
     assert c.kv_cache_bytes_per_token() == 61 * 576 * 2 == 70272
 

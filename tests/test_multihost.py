@@ -69,12 +69,12 @@ RESTORE = """
 import json, sys, jax, numpy as np
 import importlib.util
 from dsv3_jax.experiment_config import model_config
-from dsv3_jax.parallel import layout
-from dsv3_jax.train import checkpoint, optim
+from dsv3_jax.parallel.layout import setup_mesh
+from dsv3_jax.train import checkpoint, layout, optim
 from dsv3_jax.train.state import init_state
 spec = importlib.util.spec_from_file_location("cfg", sys.argv[1]); mod = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mod); cd = mod.get_config()
-mesh, cfg = layout.setup_mesh({"data": 2, "expert": 4}, model_config(cd), cd.train.batch_size)  # another mesh
+mesh, cfg = setup_mesh({"data": 2, "expert": 4}, model_config(cd), cd.train.batch_size)  # another mesh
 opt = optim.make_optimizer(cd.train)
 shardings = layout.state_shardings(cfg, opt, mesh, cd.train.seq_len)
 abstract = jax.eval_shape(lambda: init_state(cfg, opt, 0, cd.train.seq_len))

@@ -2,7 +2,7 @@
 
 - DeepSeek-V3 671B and V2-Lite 16B: the same fields as configs/deepseek_v3.py and configs/deepseek_v2_lite.py
   (a test keeps them equal), repeated here so `dsv3-report` works from an installed package without configs/.
-- DeepSeek-V2 236B: official inference/configs/config_236B.json (REFERENCE §1); DeepSeek-V2 paper: 236B total,
+- DeepSeek-V2 236B: official inference/configs/config_236B.json (docs/paper.md §1); DeepSeek-V2 paper: 236B total,
   21B activated.
 - Qwen-2.5 72B and LLaMA-3.1 405B as dense GQA models (n_dense_layers == n_layers), from their released
   Hugging Face config.json: Qwen2.5-72B hidden 8192, 80 layers, 64 q / 8 kv heads, head dim 128, FFN 29568,

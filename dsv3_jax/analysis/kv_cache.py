@@ -1,7 +1,7 @@
 """KV-cache size per token for MLA, GQA and MHA (Insights §2.1.2, Table 1; V3 report §2.1.1).
 
 All sizes are bytes per token summed over layers; bf16 (2 bytes per value) is the paper's convention.
-- MLA ("absorb" decode, REFERENCE §2): each layer caches the normalized latent c_kv [kv_lora_rank] and the
+- MLA ("absorb" decode, docs/paper.md §2): each layer caches the normalized latent c_kv [kv_lora_rank] and the
   one shared RoPE key k_pe [qk_rope_head_dim]: V3 61·(512+64)·2 = 70,272 B.
 - GQA: each layer caches a key [d_k] and a value [d_v] per KV head: Qwen-2.5 72B 80·8·(128+128)·2 =
   327,680 B; LLaMA-3.1 405B 126·8·256·2 = 516,096 B.

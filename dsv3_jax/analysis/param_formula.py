@@ -1,4 +1,4 @@
-"""Closed-form parameter counts of a ModelConfig, written from the equations (V3 report §2, REFERENCE §2).
+"""Closed-form parameter counts of a ModelConfig, written from the equations (V3 report §2, docs/paper.md §2).
 
 Used for the analysis-only comparison models (Qwen-2.5 72B has q/k/v biases the project's model does not
 implement) and as the fallback when `dsv3_jax.model` cannot be imported. `params.param_counts` prefers the

@@ -10,7 +10,7 @@ Why the embedding counts 0: DeepSeek's README says V3's 36.7B activated "include
 output head", but counting both gives 37.55B (+2.3%) for V3 and 2.66B (+11%) for V2-Lite's published 2.4B.
 Only the count without the embedding table matches both (V3 36.63B, V2-Lite 2.45B), so that is the rule.
 This also makes `activated` exactly the N of the 6·N training-FLOPs term (flops.py).
-MTP: `mtp_activated` (0.69B for V3) excludes the shared embedding and head; REFERENCE's "2.4B activated" for
+MTP: `mtp_activated` (0.69B for V3) excludes the shared embedding and head; docs/paper.md's "2.4B activated" for
 the MTP module matches only with both added (0.69 + 2 × 0.93 = 2.54B), so it is not one of our checks.
 """
 
@@ -61,7 +61,7 @@ class ParamCounts:
 
     @property
     def mtp(self) -> int:
-        """Unique parameters of all MTP modules (V3: 11.5B, REFERENCE §1)."""
+        """Unique parameters of all MTP modules (V3: 11.5B, docs/paper.md §1)."""
         return self.mtp_nonrouted + self.mtp_routed
 
     @property

@@ -1,32 +1,22 @@
 """Parameter counts of any ModelConfig from the real model, via `jax.eval_shape` (no memory allocated).
 
 `param_counts(cfg)` traces `DeepSeekV3(cfg).init` abstractly and classifies each leaf of the parameter tree
-by its path (model.py): 'embed', 'head', 'norm', 'dense_layers', 'moe_layers' (leaves under
+by its path (param_tree.py): 'embed', 'head', 'norm', 'dense_layers', 'moe_layers' (leaves under
 'routed_experts' are routed), 'mtp_<k>' (same split), anything else counts as non-routed. The convention
-for "activated" is in param_types.py. When `dsv3_jax.model` is not importable, the closed form of
-param_formula.py is used and the result says so (`source == "formula"`); an import error inside an existing
-model.py is raised, never hidden.
+for "activated" is in param_types.py. `source="formula"` gives the closed form of param_formula.py instead (the
+tests check that both agree with an independent per-tensor count).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
-import logging
 import math
 from typing import Any
 
+from dsv3_jax import param_tree as pt
 from dsv3_jax.analysis.param_formula import formula_param_counts
 from dsv3_jax.analysis.param_types import ParamCounts
 from dsv3_jax.config import ModelConfig
-
-_log = logging.getLogger(__name__)
-_warned = []
-
-
-def model_available() -> bool:
-    """True when dsv3_jax/model.py exists (its import errors then propagate)."""
-    return importlib.util.find_spec("dsv3_jax.model") is not None
 
 
 def abstract_variables(cfg: ModelConfig) -> dict[str, Any]:
@@ -55,16 +45,16 @@ def _leaf_sizes(tree) -> list[tuple[tuple[str, ...], int]]:
 
 def _bucket(keys: tuple[str, ...]) -> str:
     """The ParamCounts field a leaf of the 'params' tree belongs to."""
-    top, routed = keys[0], "routed_experts" in keys
-    if top == "embed":
+    top, routed = pt.group_of(keys), pt.is_routed_expert(keys)
+    if top == pt.EMBED:
         return "embedding"
-    if top == "head":
+    if top == pt.HEAD:
         return "head"
-    if top == "norm":
+    if top == pt.NORM:
         return "final_norm"
-    if top == "dense_layers":
+    if top == pt.DENSE:
         return "dense_layers"
-    if top.startswith("mtp_"):
+    if pt.is_mtp(top):
         return "mtp_routed" if routed else "mtp_nonrouted"
     return "routed" if routed else "moe_nonrouted"
 
@@ -85,13 +75,10 @@ def model_param_counts(cfg: ModelConfig) -> ParamCounts:
     return counts_from_variables(cfg, abstract_variables(cfg))
 
 
-def param_counts(cfg: ModelConfig, source: str = "auto") -> ParamCounts:
-    """Parameter counts of `cfg`. source: "model" | "formula" | "auto" (model when model.py exists)."""
-    if source not in ("auto", "model", "formula"):
-        raise ValueError(f"param_counts: source must be 'auto', 'model' or 'formula', got {source!r}")
-    if source == "model" or (source == "auto" and model_available()):
+def param_counts(cfg: ModelConfig, source: str = "model") -> ParamCounts:
+    """Parameter counts of `cfg`. source: "model" (eval_shape of DeepSeekV3) | "formula" (closed form)."""
+    if source == "model":
         return model_param_counts(cfg)
-    if source == "auto" and not _warned:
-        _warned.append(True)
-        _log.warning("dsv3_jax.model not found: parameter counts use the closed form (param_formula.py)")
-    return formula_param_counts(cfg)
+    if source == "formula":
+        return formula_param_counts(cfg)
+    raise ValueError(f"param_counts: source must be 'model' or 'formula', got {source!r}")

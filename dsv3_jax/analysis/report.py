@@ -1,7 +1,7 @@
 """The paper-vs-ours tables of `dsv3-report` (Insights Tables 1-2, §2.3.2; V3 report §1, README).
 
 Each builder returns a `tables.Table`; `build_tables()` returns them all in the report's order. Paper values
-are the published figures (REFERENCE §1, §5); `ours` comes from the analysis functions, untuned.
+are the published figures (docs/paper.md §1, §5); `ours` comes from the analysis functions, untuned.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ GBS = 1e9
 
 
 def kv_table(models: dict[str, PaperModel]) -> Table:
-    """Insights Table 1: KV cache per token in bf16 (V2: same formula, REFERENCE §5)."""
+    """Insights Table 1: KV cache per token in bf16 (V2: same formula, docs/paper.md §5)."""
     kb = {k: kv_cache.kv_bytes_per_token(models[k].cfg) / KB for k in ("v3", "qwen72b", "llama405b", "v2")}
     rows = [Row(models[k].name, paper, kb[k]) for k, paper in
             (("v3", 70.272), ("qwen72b", 327.680), ("llama405b", 516.096), ("v2", 69.12))]
@@ -87,9 +87,6 @@ def dualpipe_table(pp: int = 16, chunks: int = 40) -> Table:
     Two duration sets: F=1, B=2, W=1 (where the formulas are exact) and Insights Table 4's per-chunk times
     (F 1.13 s, B 1.99 s, W 0.48 s), where the simulator gives the schedule's exact bubble."""
     title = f"Pipeline bubbles, PP={pp}, {chunks} micro-batches (DualPipeV: PP/2 devices)"
-    if not pipeline_bubbles.simulator_available():
-        return Table(title, "F units / s", "V3 report Table 2", (), notes=(
-            f"pending: {pipeline_bubbles.SIMULATOR} not found (analysis/pipeline_bubbles.py)",))
     rows = []
     for label, (f, b, w) in (("F=1 B=2 W=1", (1.0, 2.0, 1.0)), ("Insights Table 4 times (s)", (1.13, 1.99, 0.48))):
         for r in pipeline_bubbles.bubble_rows(pp, chunks, f, b, w):

@@ -1,1 +1,1 @@
-"""Thin command-line entry points (DESIGN.md principle 10: they only parse flags)."""
+"""Thin command-line entry points (they only parse flags; the library does the work)."""

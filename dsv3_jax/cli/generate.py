@@ -1,6 +1,6 @@
 """`dsv3-generate --workdir=runs/tiny --prompt="def "`: stream text from the latest checkpoint of a run.
 
-Only parses flags and calls dsv3_jax.infer (DESIGN.md principle 10). The model config comes from
+Only parses flags and calls dsv3_jax.infer (the CLI and the library share one code path). The model config comes from
 workdir/config.json (saved by dsv3-train), or from --config=configs/<name>.py when that file is missing.
 Byte tokenizer: the prompt is BOS + its UTF-8 bytes; generation stops at EOS (or --stop_tokens).
 """

@@ -1,6 +1,6 @@
 """`dsv3-train --config=configs/tiny.py --workdir=runs/tiny [--config.train.steps=300]`.
 
-Only parses flags and calls `dsv3_jax.train.loop.train` (DESIGN.md principle 10). Multi-host: start one
+Only parses flags and calls `dsv3_jax.train.loop.train` (the CLI and the library share one code path). Multi-host: start one
 process per host (or per GPU) with --coordinator_address=HOST:PORT --num_processes=N --process_id=I, or the
 environment variables JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or under SLURM / Open
 MPI with none of them (parallel/distributed.py); the mesh comes from --config.mesh.*.

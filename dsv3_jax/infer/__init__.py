@@ -1,6 +1,7 @@
-"""Inference: latent-KV-cache decoding, sampling and MTP speculative decoding (DESIGN.md layout).
+"""Inference entry points over the model's one forward (DeepSeekV3.extend / .mtp_module): latent-KV-cache
+decoding, sampling and MTP speculative decoding (docs/architecture.md "Data paths").
 
-    cache = init_cache(cfg, batch, max_len, absorb=True)          # cache.py
+    cache = init_cache(cfg, batch, max_len)                       # cache.py (latent for MLA; absorb=False: per-head)
     cache, logits = prefill(cfg, variables, tokens, lengths, cache)  # decode.py
     cache, logits = decode_step(cfg, variables, cache, next_tokens)
     result = generate(cfg, variables, prompts, max_new_tokens=64, sampling=SamplingParams(temperature=0.8))

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import dsv3_jax
+from dsv3_jax.model import DeepSeekV3
 from dsv3_jax.experiment_config import model_config
 from dsv3_jax.infer.cache import cache_bytes_per_token, init_cache
 from dsv3_jax.infer.decode import decode_step, prefill
@@ -136,7 +136,7 @@ def load_model(args):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     cfg = model_config(module.get_config())
-    variables = jax.jit(dsv3_jax.DeepSeekV3(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+    variables = jax.jit(DeepSeekV3(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
     return cfg, {"params": variables["params"], "router": variables.get("router", {})}
 
 

@@ -1,11 +1,10 @@
-"""Cached forward passes of the main model: `prefill` (a batch of right-padded prompts) and `decode_step`
-(one token per sequence), both built on `extend` (T new tokens per sequence at per-row offsets).
+"""Cached entry points of the main model: `prefill` (a batch of right-padded prompts) and `decode_step` (one
+token per sequence), both built on `extend` (T new tokens per sequence at per-row offsets).
 
-The layers run from the trained parameter dict: each scanned group ('dense_layers', 'moe_layers', a leading
-layer axis in the params, the router biases and the cache) goes through one lax.scan whose body is
-cached_block.block_cached. The numbers equal `DeepSeekV3(cfg).apply` on the whole sequence (tests/infer).
-The cache layout (absorb or naive, V3 report §2.1.1) is chosen when the cache is made (cache.init_cache).
-
+They orchestrate only: every number comes from `DeepSeekV3.extend`, the model's own cached forward over the
+same modules as training (model.py), so every trainable config decodes (each moe_impl, FP8 recipe and
+attention kind) and the logits equal `DeepSeekV3(cfg).apply` on the whole sequence (tests/infer). The cache
+layout (latent or per-head, V3 report §2.1.1) is chosen when the cache is made (cache.init_cache).
 Legend: B batch, T new tokens, S cache slots, D model dim, V vocab.
 """
 
@@ -18,72 +17,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsv3_jax.infer.cache import KVCache
-from dsv3_jax.infer.cached_block import block_cached, cache_mask
-from dsv3_jax.layers.linear import Embed, Head, checked_tokens
-from dsv3_jax.layers.norms import rms_norm
+from dsv3_jax import param_tree as pt
+from dsv3_jax.layers.kv_cache import KVCache
+from dsv3_jax.model import DeepSeekV3
+from dsv3_jax.quant.recipe import FP8_RECIPES
 
 
-def unpack(cfg, variables):
-    """(params, router) from model variables {'params', 'router'} (boxed or not); checks the router biases."""
-    if "params" not in variables:
-        raise ValueError(f"variables: expected a dict with 'params' (and 'router'), got keys {sorted(variables)}")
-    params, router = nn.unbox(variables["params"]), nn.unbox(variables.get("router", {}))
-    if cfg.router_bias and cfg.n_moe_layers and "moe_layers" not in router:
-        raise ValueError("variables['router']: missing 'moe_layers' biases; ModelConfig.router_bias=True needs "
+def model_variables(cfg, variables) -> dict:
+    """The collections inference needs ({'params', 'router'[, 'fp8_meta']}, unboxed), checked: a model with
+    router biases must come with them (they steer routing)."""
+    if not isinstance(variables, dict) or pt.PARAMS not in variables:
+        raise ValueError(f"variables: expected a dict with 'params' (and 'router'), got "
+                         f"{sorted(variables) if isinstance(variables, dict) else type(variables).__name__}")
+    out = {k: nn.unbox(v) for k, v in variables.items() if k in (pt.PARAMS, pt.ROUTER, pt.FP8_META) and v}
+    if pt.router_bias_paths(cfg) and pt.MOE not in out.get(pt.ROUTER, {}):
+        raise ValueError(f"variables['router']: missing {pt.MOE!r} biases; ModelConfig.router_bias=True needs "
                          "the router collection returned by DeepSeekV3.init / saved in TrainState.router")
-    return params, router
-
-
-def embed(cfg, params, tokens):
-    """Emb(tokens) [B,T,D] in the compute dtype (the model's Embed module)."""
-    e = Embed(cfg.vocab_size, cfg.dim, cfg.init_std, jnp.dtype(cfg.dtype))
-    return e.apply({"params": params["embed"]}, tokens)
-
-
-def head(cfg, params, h_normed):
-    """fp32 logits [..., V] from the normed hidden state (the model's Head module)."""
-    return Head(cfg.vocab_size, cfg.init_std, jnp.dtype(cfg.dtype)).apply({"params": params["head"]}, h_normed)
-
-
-def _group_bias(cfg, router, group: str, n: int):
-    if group != "moe_layers" or not cfg.router_bias:
-        return jnp.zeros((n, 0), jnp.float32)  # a placeholder scanned along with the params
-    return router["moe_layers"]["moe"]["bias"]
-
-
-def run_group(cfg, params, router, group: str, x, positions, mask, kv, absorb: bool):
-    """The layers of one scanned group over new tokens x [B,T,D]: lax.scan over the layer axis of the
-    params and biases, carrying x and the group's cache (updated in place)."""
-    n = jax.tree.leaves(params[group])[0].shape[0]
-    moe = group == "moe_layers"
-
-    def body(carry, xs):
-        x, kv = carry
-        p, bias, i = xs
-        x, kv = block_cached(cfg, p, bias, x, positions, mask, kv, i, absorb, moe)
-        return (x, kv), None
-
-    xs = (params[group], _group_bias(cfg, router, group, n), jnp.arange(n))
-    (x, kv), _ = jax.lax.scan(body, (x, kv), xs)
-    return x, kv
+    if FP8_RECIPES.get(cfg.fp8).stateful and pt.FP8_META not in out:
+        raise ValueError(f"variables: missing the {pt.FP8_META!r} collection; ModelConfig.fp8={cfg.fp8!r} scales "
+                         "every FP8 matmul from its trained amax histories (TrainState.variables() has them)")
+    return out
 
 
 def extend(cfg, variables, cache: KVCache, tokens):
     """Run tokens [B,T] at positions cache.lengths[b] + t through the model, writing their cache entries.
 
-    Returns (cache with the SAME lengths, logits [B,T,V] fp32, hidden [B,T,D] before the final norm). The
-    caller sets the new lengths (all T for a step, fewer to roll back rejected speculative tokens)."""
-    params, router = unpack(cfg, variables)
-    tokens = checked_tokens(tokens)
-    positions = cache.lengths[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
-    mask = cache_mask(positions, cache.max_len)
-    x = embed(cfg, params, tokens)
-    groups = dict(cache.groups)
-    for group in groups:
-        x, groups[group] = run_group(cfg, params, router, group, x, positions, mask, groups[group], cache.absorb)
-    logits = head(cfg, params, rms_norm(x, params["norm"]["scale"], cfg.norm_eps))
-    return cache.replace(groups=groups), logits, x
+    Returns (cache with the SAME lengths, logits [B,T,V] fp32, hidden [B,T,D] before the final norm)."""
+    logits, hidden, cache = DeepSeekV3(cfg).apply(model_variables(cfg, variables), tokens, cache,
+                                                  method=DeepSeekV3.extend)
+    return cache, logits, hidden
 
 
 def check_prompts(tokens, lengths, cache: KVCache):
@@ -118,6 +80,7 @@ def prefill(cfg, variables, tokens, lengths, cache: KVCache, *, all_logits: bool
     position with all_logits=True (positions past a prompt's length are padding). The cache is donated."""
     tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
     check_prompts(tokens, lengths, cache)
+    model_variables(cfg, variables)  # fail before tracing
     return _prefill(cfg, variables, tokens.astype(jnp.int32), lengths, cache, all_logits=all_logits)
 
 

@@ -93,7 +93,7 @@ class StopTracker:
 
 def generate(cfg, variables, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              sampling: SamplingParams = SamplingParams(), stop_tokens: Sequence[int] = (), seed: int = 0,
-             absorb: bool = True, pad_id: int = 0,
+             absorb: bool | None = None, pad_id: int = 0,
              on_tokens: Callable[[list[list[int]]], None] | None = None) -> GenerateResult:
     """Generate up to max_new_tokens per prompt (token-id lists of different lengths) with the cached decoder."""
     if max_new_tokens < 1:

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dsv3_jax.infer import acceptance, mtp_draft
-from dsv3_jax.infer.cache import KVCache, init_cache
-from dsv3_jax.infer.decode import check_prompts, extend, unpack
+from dsv3_jax.infer.cache import MTP_GROUP, KVCache, init_cache
+from dsv3_jax.infer.decode import check_prompts, extend
 from dsv3_jax.infer.generate import StopTracker, cache_length, pad_prompts
 from dsv3_jax.infer.sampling import SamplingParams, sample, token_probs
 
@@ -51,7 +51,6 @@ def take_window(x, start, width: int):
 @functools.partial(jax.jit, static_argnums=(0, 6), donate_argnames=("cache", "mtp_kv"))
 def spec_prefill(cfg, variables, tokens, lengths, cache: KVCache, mtp_kv, sp: SamplingParams, rng):
     """Prefill the main model and the MTP caches on prompts [B,T]; emit t_n (n = lengths) and draft D tokens."""
-    params, router = unpack(cfg, variables)
     b, t = tokens.shape
     d, rows, last = cfg.mtp_depth, jnp.arange(b), lengths - 1
     cache, logits, h = extend(cfg, variables, cache.replace(lengths=jnp.zeros_like(lengths)), tokens)
@@ -60,8 +59,8 @@ def spec_prefill(cfg, variables, tokens, lengths, cache: KVCache, mtp_kv, sp: Sa
     with_pending = jnp.concatenate([tokens, jnp.zeros((b, d + 1), tokens.dtype)], axis=1).at[rows, lengths].set(
         pending)  # [B, T+D+1]: t_0 .. t_n, then room for the drafts
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    drafts, q, mtp_kv = mtp_draft.draft(cfg, params, router, mtp_kv, h, with_pending[:, 1:], positions, last,
-                                        k_draft, sp, cache.absorb)
+    drafts, q, mtp_kv = mtp_draft.draft(cfg, variables, mtp_kv, h, with_pending[:, 1:], positions, last,
+                                        k_draft, sp)
     start = lengths - 2 * d
     state = SpecState(cache=cache.replace(lengths=lengths), mtp_kv=mtp_kv, pending=pending, drafts=drafts, q=q,
                       h_win=take_window(h, start, 2 * d), t_win=take_window(with_pending, start + 1, 2 * d))
@@ -72,7 +71,6 @@ def spec_prefill(cfg, variables, tokens, lengths, cache: KVCache, mtp_kv, sp: Sa
 def spec_round(cfg, variables, state: SpecState, sp: SamplingParams, rng):
     """One verify / accept / roll back / draft round. Returns (state, emitted [B, D+1], a [B]): row b emitted
     emitted[b, :a[b] + 1] (a[b] accepted drafts, then the main model's token)."""
-    params, router = unpack(cfg, variables)
     d, n = cfg.mtp_depth, state.cache.lengths
     rows = jnp.arange(n.shape[0])
     k_accept, k_draft = jax.random.split(rng)
@@ -89,8 +87,8 @@ def spec_round(cfg, variables, state: SpecState, sp: SamplingParams, rng):
     positions = n_new[:, None] - 2 * d + jnp.arange(2 * d, dtype=jnp.int32)[None, :]
     ahead = jnp.concatenate([t_win, jnp.zeros((n.shape[0], d), t_win.dtype)], axis=1)
     last = jnp.full_like(n, 2 * d - 1)
-    drafts, q, mtp_kv = mtp_draft.draft(cfg, params, router, state.mtp_kv, h_win, ahead, positions, last,
-                                        k_draft, sp, cache.absorb)
+    drafts, q, mtp_kv = mtp_draft.draft(cfg, variables, state.mtp_kv, h_win, ahead, positions, last,
+                                        k_draft, sp)
     state = SpecState(cache=cache.replace(lengths=n_new), mtp_kv=mtp_kv, pending=nxt, drafts=drafts, q=q,
                       h_win=h_win, t_win=t_win)
     return state, emitted, a
@@ -126,7 +124,7 @@ class SpecStats:
 
 def speculative_generate(cfg, variables, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                          sampling: SamplingParams = SamplingParams(), stop_tokens: Sequence[int] = (),
-                         seed: int = 0, absorb: bool = True, pad_id: int = 0,
+                         seed: int = 0, absorb: bool | None = None, pad_id: int = 0,
                          on_tokens: Callable[[list[list[int]]], None] | None = None):
     """Like generate.generate, with MTP drafts verified D+1 at a time. Returns (GenerateResult, SpecStats).
     on_tokens receives, after the prefill and each round, the list of tokens each row emitted."""
@@ -139,7 +137,7 @@ def speculative_generate(cfg, variables, prompts: Sequence[Sequence[int]], *, ma
     b = len(prompts)
     max_len = cache_length(cfg, tokens.shape[1], max_new_tokens + d + 1)
     cache = init_cache(cfg, b, max_len, absorb=absorb)
-    mtp_kv = init_cache(cfg, b, max_len, absorb=absorb, layers={"mtp": d}).groups["mtp"]
+    mtp_kv = init_cache(cfg, b, max_len, absorb=absorb, layers={MTP_GROUP: d}).groups[MTP_GROUP]
     check_prompts(jnp.asarray(tokens), jnp.asarray(lengths), cache)
     rng = jax.random.key(seed)
     rng, key = jax.random.split(rng)

@@ -1,13 +1,13 @@
 """FP8 weights of DeepSeek's Hugging Face checkpoints: e4m3 values with a `weight_scale_inv` per 128x128 block.
 
-Rule (REFERENCE §3; DeepSeek-V3 `inference/kernel.py` weight_dequant): a torch-layout weight w [M, N] stored as
+Rule (docs/paper.md §3; DeepSeek-V3 `inference/kernel.py` weight_dequant): a torch-layout weight w [M, N] stored as
 float8_e4m3fn comes with `<name>.weight_scale_inv` float32 [ceil(M/128), ceil(N/128)], and
 
     w_float[i, j] = w_fp8[i, j] · weight_scale_inv[i // 128, j // 128]
 
 Edge blocks (M or N not a multiple of 128, e.g. wkv_a's 576 rows) are partial: their scale covers only the
 rows/columns that exist (the checkpoint made it from the zero-padded block, and zeros never raise an amax).
-The block size is always 128 here, never inferred from the tensor shape (the HF loader bug REFERENCE §3 notes).
+The block size is always 128 here, never inferred from the tensor shape (the HF loader bug docs/paper.md §3 notes).
 
 Everything is host-side numpy (ml_dtypes provides float8_e4m3fn), so a checkpoint is dequantized one tensor at
 a time without touching an accelerator.

@@ -40,6 +40,7 @@ import flax
 import ml_dtypes
 import numpy as np
 
+from dsv3_jax import param_tree as pt
 from dsv3_jax.config import ModelConfig
 from dsv3_jax.interop import fp8_blocks, hf_names, safetensors_io as st
 from dsv3_jax.interop.fp8_blocks import FP8Weight
@@ -176,7 +177,7 @@ def _allocate(shapes: dict, fp8_paths: set, dtype: np.dtype) -> dict:
         if path in fp8_paths:
             out[path] = FP8Weight(np.empty(shape, fp8_blocks.E4M3), np.empty(fp8_blocks.scale_shape(shape), np.float32))
         else:
-            out[path] = np.empty(shape, np.float32 if path[0] == "router" else dtype)
+            out[path] = np.empty(shape, np.float32 if path[0] == pt.ROUTER else dtype)
     return out
 
 
@@ -212,7 +213,7 @@ def _check_copy(dests: dict, slot: Slot, tensors, reader: st.Reader) -> None:
             raise ValueError(f"tensor {slot.hf_name!r} in {tensors[slot.hf_name].file} differs from the main model's "
                              f"{'lm_head.weight' if slot.transpose else 'model.embed_tokens.weight'!r} (max abs diff "
                              f"{np.max(np.abs(got.astype(np.float32) - want.astype(np.float32))):.3g}); dsv3_jax "
-                             "shares the embedding and output head with the MTP modules (REFERENCE §2)")
+                             "shares the embedding and output head with the MTP modules (docs/paper.md §2)")
 
 
 def save_hf_checkpoint(cfg: ModelConfig, variables, path: str, *, shard_size="5GB", dtype=None,
@@ -228,7 +229,7 @@ def save_hf_checkpoint(cfg: ModelConfig, variables, path: str, *, shard_size="5G
     for slot in hf_names.model_slots(cfg) + hf_names.shared_copy_slots(cfg):
         entries += _entries(slot, flat[slot.path], dtype)
     fp8 = any(code == "F8_E4M3" for _, code, _, _ in entries)
-    emb = flat[("params", "embed", "embedding")]
+    emb = flat[(pt.PARAMS, pt.EMBED, "embedding")]
     hf_cfg = config_to_hf(cfg, fp8=fp8, dtype=np.dtype(dtype or emb.dtype).name)
     sizes = [int(np.prod(shape)) * st.DTYPES[code].itemsize for _, code, shape, _ in entries]
     shards = st.plan_shards(sizes, st.parse_size(shard_size))
@@ -278,6 +279,6 @@ def _entries(slot: Slot, leaf, dtype) -> list[tuple]:
         return [(slot.hf_name, "F8_E4M3", shape, functools.partial(_slot_array, leaf.value, slot)),
                 (_scale_name(slot.hf_name), "F32", fp8_blocks.scale_shape(shape),
                  functools.partial(_slot_array, leaf.scale_inv, slot, np.float32))]
-    out = np.dtype(np.float32 if slot.path[0] == "router" else (dtype or leaf.dtype))
+    out = np.dtype(np.float32 if slot.path[0] == pt.ROUTER else (dtype or leaf.dtype))
     return [(slot.hf_name, st.dtype_code(out), hf_names.slot_shape(slot, tuple(leaf.shape)),
              functools.partial(_slot_array, leaf, slot, out))]

@@ -1,4 +1,4 @@
-"""Hugging Face config.json <-> ModelConfig for DeepSeek-V2 and DeepSeek-V3 (REFERENCE §1).
+"""Hugging Face config.json <-> ModelConfig for DeepSeek-V2 and DeepSeek-V3 (docs/paper.md §1).
 
 Strict: every config.json field is either mapped, checked against the one value dsv3_jax implements, or known
 to have no effect on the forward pass (metadata, training-only knobs); anything else is a ValueError naming the

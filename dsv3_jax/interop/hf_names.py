@@ -1,4 +1,5 @@
-"""Hugging Face tensor names <-> dsv3_jax variable paths (README_WEIGHTS.md; transformers `deepseek_v3`).
+"""Hugging Face tensor names <-> dsv3_jax variable paths (DeepSeek-V3's released-weights layout; transformers
+`deepseek_v3`). Our side of every path comes from param_tree.py.
 
     model.embed_tokens.weight [V,D]          params/embed/embedding [V,D]
     model.norm.weight, lm_head.weight [V,D]  params/norm/scale, params/head/kernel [D,V]
@@ -11,7 +12,7 @@
 
 Torch Linear weights are [out, in], our kernels [in, out]: those are transposed. RoPE needs no permutation:
 the official code and HF (rope_interleave=True) both rotate interleaved pairs of the same weights.
-The MTP layers' own `embed_tokens` and `shared_head.head` are copies of the main model's (REFERENCE §2: shared
+The MTP layers' own `embed_tokens` and `shared_head.head` are copies of the main model's (docs/paper.md §2: shared
 with the main model): they are checked on load and written on export, never stored twice.
 """
 
@@ -24,6 +25,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from dsv3_jax import param_tree as pt
 from dsv3_jax.config import ModelConfig
 
 # HF suffix (after model.layers.{i}.) -> (our MLA parameter, transposed?)
@@ -38,7 +40,7 @@ ATTN = {
     "self_attn.o_proj.weight": ("wo", True),
 }
 Q_LORA = ("wq_a", "q_norm", "wq_b")
-MLP = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}  # REFERENCE §2
+MLP = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}  # docs/paper.md §2
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # derived RoPE buffers some older checkpoints contain
 
 
@@ -61,42 +63,42 @@ def _has_attn_param(cfg: ModelConfig, ours: str) -> bool:
 
 def _block_slots(cfg: ModelConfig, layer: int, base: tuple[str, ...], index: tuple[int, ...], moe: bool):
     p = f"model.layers.{layer}."
-    out = [Slot(p + "input_layernorm.weight", base + ("attn_norm", "scale"), index),
-           Slot(p + "post_attention_layernorm.weight", base + ("ffn_norm", "scale"), index)]
+    out = [Slot(p + "input_layernorm.weight", base + (pt.ATTN_NORM, "scale"), index),
+           Slot(p + "post_attention_layernorm.weight", base + (pt.FFN_NORM, "scale"), index)]
     for suffix, (ours, t) in ATTN.items():
         if _has_attn_param(cfg, ours):
-            out.append(Slot(p + suffix, base + ("attn", ours), index, t))
+            out.append(Slot(p + suffix, base + (pt.ATTN, ours), index, t))
     if not moe:
-        return out + [Slot(p + f"mlp.{hf}.weight", base + ("mlp", ours), index, True) for hf, ours in MLP.items()]
-    out.append(Slot(p + "mlp.gate.weight", base + ("moe", "gate"), index, True))
+        return out + [Slot(p + f"mlp.{hf}.weight", base + (pt.MLP, ours), index, True) for hf, ours in MLP.items()]
+    out.append(Slot(p + "mlp.gate.weight", base + (pt.MOE_FFN, pt.GATE), index, True))
     if cfg.router_bias:
-        out.append(Slot(p + "mlp.gate.e_score_correction_bias", ("router",) + base[1:] + ("moe", "bias"), index))
+        out.append(Slot(p + "mlp.gate.e_score_correction_bias", (pt.ROUTER,) + base[1:] + (pt.MOE_FFN, pt.BIAS),
+                        index))
     for e in range(cfg.n_routed_experts):
-        out += [Slot(p + f"mlp.experts.{e}.{hf}.weight", base + ("moe", "routed_experts", ours), index + (e,), True)
+        out += [Slot(p + f"mlp.experts.{e}.{hf}.weight", base + (pt.MOE_FFN, pt.ROUTED, ours), index + (e,), True)
                 for hf, ours in MLP.items()]
     if cfg.n_shared_experts:
-        out += [Slot(p + f"mlp.shared_experts.{hf}.weight", base + ("moe", "shared_experts", ours), index, True)
+        out += [Slot(p + f"mlp.shared_experts.{hf}.weight", base + (pt.MOE_FFN, pt.SHARED, ours), index, True)
                 for hf, ours in MLP.items()]
     return out
 
 
 def model_slots(cfg: ModelConfig) -> list[Slot]:
     """Every HF tensor of the model described by cfg, in checkpoint order."""
-    out = [Slot("model.embed_tokens.weight", ("params", "embed", "embedding"))]
+    out = [Slot("model.embed_tokens.weight", (pt.PARAMS, pt.EMBED, "embedding"))]
     for i in range(cfg.n_layers):
-        moe = i >= cfg.n_dense_layers
-        stack = "moe_layers" if moe else "dense_layers"
-        out += _block_slots(cfg, i, ("params", stack), (i - cfg.n_dense_layers if moe else i,), moe)
+        stack, index = pt.layer_slot(cfg, i)
+        out += _block_slots(cfg, i, (pt.PARAMS, stack), (index,), pt.stack_is_moe(stack))
     for k in range(cfg.mtp_depth):
-        layer, base = cfg.n_layers + k, ("params", f"mtp_{k}")
+        layer, base = cfg.n_layers + k, (pt.PARAMS, pt.mtp_name(k))
         p = f"model.layers.{layer}."
-        out += [Slot(p + "enorm.weight", base + ("enorm", "scale")),
-                Slot(p + "hnorm.weight", base + ("hnorm", "scale")),
-                Slot(p + "eh_proj.weight", base + ("eh_proj", "kernel"), (), True),
-                Slot(p + "shared_head.norm.weight", base + ("norm", "scale"))]
-        out += _block_slots(cfg, layer, base + ("block",), (), cfg.n_moe_layers > 0)
-    out += [Slot("model.norm.weight", ("params", "norm", "scale")),
-            Slot("lm_head.weight", ("params", "head", "kernel"), (), True)]
+        out += [Slot(p + "enorm.weight", base + (pt.ENORM, "scale")),
+                Slot(p + "hnorm.weight", base + (pt.HNORM, "scale")),
+                Slot(p + "eh_proj.weight", base + (pt.EH_PROJ, "kernel"), (), True),
+                Slot(p + "shared_head.norm.weight", base + (pt.MTP_NORM, "scale"))]
+        out += _block_slots(cfg, layer, (pt.PARAMS,) + pt.mtp_block_path(k), (), cfg.n_moe_layers > 0)
+    out += [Slot("model.norm.weight", (pt.PARAMS, pt.NORM, "scale")),
+            Slot("lm_head.weight", (pt.PARAMS, pt.HEAD, "kernel"), (), True)]
     return out
 
 
@@ -105,8 +107,8 @@ def shared_copy_slots(cfg: ModelConfig) -> list[Slot]:
     out = []
     for k in range(cfg.mtp_depth):
         p = f"model.layers.{cfg.n_layers + k}."
-        out += [Slot(p + "embed_tokens.weight", ("params", "embed", "embedding")),
-                Slot(p + "shared_head.head.weight", ("params", "head", "kernel"), (), True)]
+        out += [Slot(p + "embed_tokens.weight", (pt.PARAMS, pt.EMBED, "embedding")),
+                Slot(p + "shared_head.head.weight", (pt.PARAMS, pt.HEAD, "kernel"), (), True)]
     return out
 
 

@@ -1,1 +1,1 @@
-"""Model layers: thin Flax holders of parameters around pure functions (DESIGN.md principle 1)."""
+"""Model layers: thin Flax holders of parameters around pure functions (docs/architecture.md)."""

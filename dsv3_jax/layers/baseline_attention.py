@@ -1,7 +1,9 @@
 """Baseline attentions for ablations: standard multi-head (MHA) and grouped-query (GQA) attention.
 
 Not part of DeepSeek-V3; they let experiments compare MLA against the usual layouts at comparable size.
-RoPE (with the same YaRN settings) rotates the whole qk head dim here.
+RoPE (with the same YaRN settings) rotates the whole qk head dim here. Like MLA they take an optional
+per-head KV cache (k after rope, v; G kv heads) and return it updated, so a model trained with them decodes
+through the same forward.
 Legend: B batch, T/S positions, D model dim, H query heads, G kv heads, K qk head dim, V value head dim.
 """
 
@@ -11,21 +13,35 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dsv3_jax.layers import attention_core
+from dsv3_jax.layers.kv_cache import CacheSlot
 from dsv3_jax.layers.linear import fp8_kernel, matmul_fn, normal_init
 from dsv3_jax.layers.rope import apply_rope, rope_frequencies
 
 
-def gqa_attention(x, p, positions, mask, n_heads: int, n_kv_heads: int, freqs, scale: float, mm):
-    """x [B,T,D] -> [B,T,D]; each of the G kv heads serves H/G query heads (G = H is MHA)."""
+def gqa_attention(x, p, positions, mask, n_heads: int, n_kv_heads: int, freqs, scale: float, mm,
+                  cache: CacheSlot | None = None):
+    """x [B,T,D] -> (y [B,T,D], cache); each of the G kv heads serves H/G query heads (G = H is MHA)."""
     b, t = x.shape[:2]
     q = mm(x, p["wq"]).reshape(b, t, n_heads, -1)
     k = mm(x, p["wk"]).reshape(b, t, n_kv_heads, -1)
     v = mm(x, p["wv"]).reshape(b, t, n_kv_heads, -1)
     q, k = apply_rope(q, positions, freqs), apply_rope(k, positions, freqs)
+    if cache is not None:
+        cache = cache.write({"k": k, "v": v}, positions)
+        kv = cache.read()
+        k, v = kv["k"].astype(q.dtype), kv["v"].astype(q.dtype)
     rep = n_heads // n_kv_heads
     k, v = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
     o = attention_core.softmax_attention(q, k, v, mask, scale)
-    return mm(o.reshape(b, t, -1), p["wo"])
+    return mm(o.reshape(b, t, -1), p["wo"]), cache
+
+
+def cache_entries(cfg, latent: bool) -> dict[str, tuple[int, ...]]:
+    """Per-token, per-layer cache entries {k: (G, K), v: (G, V)}; there is no latent layout."""
+    if latent:
+        raise ValueError(f"ModelConfig.attention={cfg.attention!r} has no latent KV cache (that is MLA's); "
+                         "make the cache with absorb=False")
+    return {"k": (cfg.kv_heads, cfg.qk_head_dim), "v": (cfg.kv_heads, cfg.v_head_dim)}
 
 
 class GQA(nn.Module):
@@ -34,7 +50,7 @@ class GQA(nn.Module):
     cfg: "object"
 
     @nn.compact
-    def __call__(self, x, positions, mask):
+    def __call__(self, x, positions, mask, cache: CacheSlot | None = None):
         c = self.cfg
         h, g, k, v = c.n_heads, c.kv_heads, c.qk_head_dim, c.v_head_dim
 
@@ -48,4 +64,4 @@ class GQA(nn.Module):
              "wo": w("wo", (h * v, c.dim), ("heads", "embed"))}
         freqs = rope_frequencies(k, c.rope_theta, yarn=c.yarn_active, factor=c.rope_factor,
                                  original_seq_len=c.original_seq_len, beta_fast=c.beta_fast, beta_slow=c.beta_slow)
-        return gqa_attention(x, p, positions, mask, h, g, freqs, c.softmax_scale, matmul_fn(c))
+        return gqa_attention(x, p, positions, mask, h, g, freqs, c.softmax_scale, matmul_fn(c), cache)

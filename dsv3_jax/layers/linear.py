@@ -12,14 +12,15 @@ from typing import Any, NamedTuple, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from dsv3_jax import param_tree as pt
 from dsv3_jax.quant.fp8_delayed import init_delayed_meta
-from dsv3_jax.quant.recipe import make_matmul, make_ragged_dot
+from dsv3_jax.quant.recipe import FP8_RECIPES, make_matmul, make_ragged_dot, make_operand_views
 
-FP8_META_COLLECTION = "fp8_meta"  # per-tensor delayed FP8: amax histories, updated as their gradient
+FP8_META_COLLECTION = pt.FP8_META  # per-tensor delayed FP8: amax histories, updated as their gradient
 
 
 class MetaKernel(NamedTuple):
-    """A matmul kernel paired with its amax histories (cfg.fp8="per_tensor_delayed"); `mm` unpacks it, so the
+    """A matmul kernel paired with its amax histories (a stateful recipe: cfg.fp8="per_tensor_delayed"); `mm` unpacks it, so the
     pure layer functions pass weights through unchanged whatever the recipe."""
 
     kernel: jnp.ndarray
@@ -35,7 +36,7 @@ def fp8_kernel(module: nn.Module, name: str, kernel, cfg):
     """Attach the `fp8_meta` histories of `name` to `kernel` when the recipe keeps state; else `kernel`.
 
     Each such kernel must feed exactly one matmul per step (its meta's gradient is its next value)."""
-    if cfg.fp8 != "per_tensor_delayed":
+    if not FP8_RECIPES.get(cfg.fp8).stateful:
         return kernel
     meta = module.variable(FP8_META_COLLECTION, name, init_delayed_meta, cfg.fp8_amax_history).value
     return MetaKernel(kernel, meta)
@@ -46,7 +47,7 @@ def _kernel_and_meta(w, cfg):
     scales from the current amax: the inference paths hold plain param dicts and quantize per tensor online."""
     if isinstance(w, MetaKernel):
         return w.kernel, w.meta
-    return w, init_delayed_meta(cfg.fp8_amax_history) if cfg.fp8 == "per_tensor_delayed" else None
+    return w, init_delayed_meta(cfg.fp8_amax_history) if FP8_RECIPES.get(cfg.fp8).stateful else None
 
 
 def matmul(x: jnp.ndarray, kernel: jnp.ndarray, dtype) -> jnp.ndarray:
@@ -60,6 +61,14 @@ def matmul_fn(cfg):
     `matmul`); w is a kernel or a MetaKernel."""
     mm = make_matmul(cfg.fp8, dtype=jnp.dtype(cfg.dtype), impl=cfg.fp8_impl)
     return lambda x, w: mm(x, *_kernel_and_meta(w, cfg))
+
+
+def operand_views_fn(cfg):
+    """`views(w) -> (kernel, act)`: the fp32 kernel a Linear of cfg's FP8 recipe multiplies by, and the map
+    from its input to the activation it multiplies (identities without FP8); w is a kernel or a MetaKernel.
+    For code that regroups a Linear's product (MLA's absorbed decode path) with the Linear's numerics."""
+    views = make_operand_views(cfg.fp8, dtype=jnp.dtype(cfg.dtype))
+    return lambda w: views(*_kernel_and_meta(w, cfg))
 
 
 def grouped_matmul_fn(cfg):
@@ -109,7 +118,7 @@ class Embed(nn.Module):
 
 
 class Head(nn.Module):
-    """Output projection D -> V; logits are returned in float32 (losses are fp32, DESIGN.md principle 6)."""
+    """Output projection D -> V; logits are returned in float32 (losses are fp32, docs/numerics.md)."""
 
     vocab_size: int
     init_std: float

@@ -1,13 +1,20 @@
-"""Multi-head Latent Attention, training path (V3 report §2.1.1, eq. 1-11; inference/model.py class MLA).
+"""Multi-head Latent Attention (V3 report §2.1.1, eq. 1-11; DeepSeek-V3 inference/model.py class MLA).
 
 Queries: optional low-rank compression (q_lora_rank > 0: wq_a -> q_norm -> wq_b, else a plain wq), split per
 head into a no-position part q_nope and a decoupled rope part q_pe. Keys/values: wkv_a compresses x into the
 latent c_kv [C] (then kv_norm) plus ONE rope key k_pe [R] shared by all heads; wkv_b expands c_kv into
-per-head k_nope and v. The "naive" path expands keys and values; the "absorbed" path folds W_UK into the
-query and W_UV into the output so attention runs over the latent (REFERENCE §2, "absorb"). Both are exact.
+per-head k_nope and v.
 
-Legend: B batch, T query positions, S key positions, D model dim, H heads, N qk nope dim, R rope dim,
-K = N + R qk head dim, V value head dim, C kv latent (kv_lora_rank), Q q latent (q_lora_rank).
+One forward for every mode: `MLA(x, positions, mask, cache)` returns (y, cache).
+  * no cache (training, eval): the naive path, keys and values expanded per head;
+  * latent cache (decoding, the default): only kv_norm(c_kv) and k_pe are cached per token; W_UK is absorbed
+    into the query and W_UV into the output so attention runs over the latent (docs/numerics.md "MLA absorb");
+  * per-head cache: the expanded k = [k_nope; k_pe] and v are cached (the naive layout; with an FP8 recipe it
+    has exactly the training forward's numerics, because wkv_b runs through the same FP8 matmul).
+Both are exact in real arithmetic; tests/layers/test_mla.py checks them against each other.
+
+Legend: B batch, T query positions, S key positions (cache slots), D model dim, H heads, N qk nope dim,
+R rope dim, K = N + R qk head dim, V value head dim, C kv latent (kv_lora_rank), Q q latent (q_lora_rank).
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from dsv3_jax.layers import attention_core
-from dsv3_jax.layers.linear import fp8_kernel, kernel_of, matmul_fn, normal_init
+from dsv3_jax.layers.kv_cache import CacheSlot
+from dsv3_jax.layers.linear import fp8_kernel, kernel_of, matmul_fn, normal_init, operand_views_fn
 from dsv3_jax.layers.norms import rms_norm
 from dsv3_jax.layers.rope import apply_rope, frequencies_for
 
@@ -41,7 +49,7 @@ def mla_queries(x, p: Params, positions, freqs, n_heads: int, nope_dim: int, eps
 def mla_latents(x, p: Params, positions, freqs, kv_lora_rank: int, eps: float, mm: MatMul):
     """x [B,S,D] -> kv_norm(c_kv) [B,S,C] and the shared rope key k_pe [B,S,R]. Eq. 1, 3.
 
-    These two are everything the absorbed decode path caches per token."""
+    These two are everything the latent cache keeps per token."""
     kv = mm(x, p["wkv_a"])
     c_kv, k_pe = kv[..., :kv_lora_rank], kv[..., kv_lora_rank:]
     return rms_norm(c_kv, p["kv_norm"], eps), apply_rope(k_pe, positions, freqs)
@@ -54,21 +62,33 @@ def split_wkv_b(wkv_b, n_heads: int, nope_dim: int):
     return w[..., :nope_dim], w[..., nope_dim:]
 
 
-def attend_naive(q_nope, q_pe, c_kv, k_pe, wkv_b, mask, scale: float, mm: MatMul):
-    """Expand per-head keys/values from the latent and attend -> o [B,T,H,V]. Eq. 2, 4, 5, 10."""
-    n_heads, nope_dim = q_nope.shape[2], q_nope.shape[3]
+def expand_kv(c_kv, k_pe, wkv_b, n_heads: int, nope_dim: int, mm: MatMul):
+    """Per-head keys k [B,S,H,K] = [c_kv W_UK; k_pe] and values v [B,S,H,V] = c_kv W_UV (eq. 2, 4, 5): one
+    wkv_b matmul, then the per-head split; the one rope key is shared by every head."""
     kv = mm(c_kv, wkv_b).reshape(c_kv.shape[:2] + (n_heads, -1))  # [B,S,H,N+V]
     k_nope, v = kv[..., :nope_dim], kv[..., nope_dim:]
-    k_pe = jnp.broadcast_to(k_pe[:, :, None, :], k_pe.shape[:2] + (n_heads, k_pe.shape[-1])).astype(k_nope.dtype)
+    k_pe = jnp.broadcast_to(k_pe[:, :, None, :], k_pe.shape[:2] + (n_heads, k_pe.shape[-1]))
+    return jnp.concatenate([k_nope, k_pe.astype(k_nope.dtype)], axis=-1), v
+
+
+def attend_per_head(q_nope, q_pe, k, v, mask, scale: float):
+    """Softmax attention of q = [q_nope; q_pe] over per-head keys k [B,S,H,K] and values v -> o [B,T,H,V]."""
     q = jnp.concatenate([q_nope, q_pe.astype(q_nope.dtype)], axis=-1)
-    k = jnp.concatenate([k_nope, k_pe], axis=-1)
-    return attention_core.softmax_attention(q, k, v, mask, scale)
+    return attention_core.softmax_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, scale)
+
+
+def attend_naive(q_nope, q_pe, c_kv, k_pe, wkv_b, mask, scale: float, mm: MatMul):
+    """Expand per-head keys/values from the latent and attend -> o [B,T,H,V]. Eq. 2, 4, 5, 10."""
+    k, v = expand_kv(c_kv, k_pe, wkv_b, q_nope.shape[2], q_nope.shape[3], mm)
+    return attend_per_head(q_nope, q_pe, k, v, mask, scale)
 
 
 def attend_absorbed(q_nope, q_pe, c_kv, k_pe, wkv_b, mask, scale: float):
     """Attend over the latent with W_UK absorbed into q and W_UV into the output -> o [B,T,H,V].
 
-    scores = (q_nope W_UKᵀ)·c_kv + q_pe·k_pe; o = (p·c_kv) W_UV (REFERENCE §2, inference/model.py absorb)."""
+    scores = (q_nope W_UKᵀ)·c_kv + q_pe·k_pe; o = (p·c_kv) W_UV (inference/model.py, attn_impl "absorb").
+    The products run in fp32 on wkv_b and c_kv as given; under an FP8 recipe mla() passes both as the recipe's
+    wkv_b GEMM quantizes them (operand views), so the result equals the training forward's FP8 numerics."""
     w_uk, w_uv = split_wkv_b(wkv_b, q_nope.shape[2], q_nope.shape[3])
     dtype = q_nope.dtype
     q_lat = jnp.einsum("bthn,chn->bthc", q_nope, w_uk.astype(dtype), preferred_element_type=jnp.float32)
@@ -85,6 +105,38 @@ def mla_output(o, wo, mm: MatMul):
     return mm(o.reshape(o.shape[:2] + (-1,)), wo)
 
 
+def mla(x, p: Params, positions, mask, cfg, cache: CacheSlot | None = None):
+    """MLA of x [B,T,D] at positions [B,T]; mask [B,T,T] without a cache, [B,T,S] with one (the new tokens'
+    entries are written first, then attention reads the whole layer). Returns (y [B,T,D], cache)."""
+    mm = matmul_fn(cfg)
+    freqs = frequencies_for(cfg)
+    h, n, scale = cfg.n_heads, cfg.qk_nope_head_dim, cfg.softmax_scale
+    q_nope, q_pe = mla_queries(x, p, positions, freqs, h, n, cfg.norm_eps, mm)
+    c_kv, k_pe = mla_latents(x, p, positions, freqs, cfg.kv_lora_rank, cfg.norm_eps, mm)
+    if cache is None:
+        o = attend_naive(q_nope, q_pe, c_kv, k_pe, p["wkv_b"], mask, scale, mm)
+    elif cache.latent:
+        # Cache c_kv as wkv_b's FP8 GEMM would quantize it (per token: 1x128 tiles or a fixed per-tensor scale),
+        # then regroup the product: exactly the per-head numbers (identity views without FP8).
+        wkv_b, act = operand_views_fn(cfg)(p["wkv_b"])
+        cache = cache.write({"c_kv": act(c_kv), "k_pe": k_pe}, positions)
+        kv = cache.read()
+        o = attend_absorbed(q_nope, q_pe, kv["c_kv"], kv["k_pe"], wkv_b, mask, scale)
+    else:
+        k, v = expand_kv(c_kv, k_pe, p["wkv_b"], h, n, mm)
+        cache = cache.write({"k": k, "v": v}, positions)
+        kv = cache.read()
+        o = attend_per_head(q_nope, q_pe, kv["k"], kv["v"], mask, scale)
+    return mla_output(o, p["wo"], mm), cache
+
+
+def cache_entries(cfg, latent: bool) -> dict[str, tuple[int, ...]]:
+    """Per-token, per-layer cache entries: latent {c_kv: (C,), k_pe: (R,)}; per-head {k: (H, K), v: (H, V)}."""
+    if latent:
+        return {"c_kv": (cfg.kv_lora_rank,), "k_pe": (cfg.qk_rope_head_dim,)}
+    return {"k": (cfg.n_heads, cfg.qk_head_dim), "v": (cfg.n_heads, cfg.v_head_dim)}
+
+
 class MLA(nn.Module):
     """Holds MLA's projections (official names wq_a/q_norm/wq_b or wq, wkv_a/kv_norm/wkv_b, wo)."""
 
@@ -93,10 +145,9 @@ class MLA(nn.Module):
     def setup(self):
         c = self.cfg
         h, k = c.n_heads, c.qk_head_dim
-        std = c.init_std
 
         def w(name, shape, axes, init=None):
-            init = init or normal_init(std)
+            init = init or normal_init(c.init_std)
             return self.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
         p = {}
@@ -112,20 +163,6 @@ class MLA(nn.Module):
         p["wo"] = w("wo", (h * c.v_head_dim, c.dim), ("heads", "embed"))
         self.weights = {k: v if k.endswith("_norm") else fp8_kernel(self, k, v, c) for k, v in p.items()}
 
-    def __call__(self, x, positions, mask):
-        """x [B,T,D], positions [B,T], mask [B,T,T] -> [B,T,D] (training path: naive expansion)."""
-        return mla_train(x, self.weights, positions, mask, self.cfg)
-
-
-def mla_train(x, p: Params, positions, mask, cfg, absorb: bool = False):
-    """Full-sequence MLA from a parameter dict. `absorb` picks the latent-space computation (same result;
-    used to check the decode math on whole sequences)."""
-    mm = matmul_fn(cfg)
-    freqs = frequencies_for(cfg)
-    q_nope, q_pe = mla_queries(x, p, positions, freqs, cfg.n_heads, cfg.qk_nope_head_dim, cfg.norm_eps, mm)
-    c_kv, k_pe = mla_latents(x, p, positions, freqs, cfg.kv_lora_rank, cfg.norm_eps, mm)
-    if absorb:
-        o = attend_absorbed(q_nope, q_pe, c_kv, k_pe, p["wkv_b"], mask, cfg.softmax_scale)
-    else:
-        o = attend_naive(q_nope, q_pe, c_kv, k_pe, p["wkv_b"], mask, cfg.softmax_scale, mm)
-    return mla_output(o, p["wo"], mm)
+    def __call__(self, x, positions, mask, cache: CacheSlot | None = None):
+        """x [B,T,D], positions [B,T], mask [B,T,T|S] -> (y [B,T,D], cache)."""
+        return mla(x, self.weights, positions, mask, self.cfg, cache)

@@ -1,4 +1,4 @@
-"""Dense SwiGLU MLP: w2(silu(w1 x) ⊙ w3 x) (REFERENCE §2; w1=gate_proj, w3=up_proj, w2=down_proj).
+"""Dense SwiGLU MLP: w2(silu(w1 x) ⊙ w3 x) (docs/paper.md §2; w1=gate_proj, w3=up_proj, w2=down_proj).
 
 Used for the first n_dense_layers and for the shared experts of DeepSeekMoE.
 Legend: D model dim, F hidden dim.

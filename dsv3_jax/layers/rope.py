@@ -1,5 +1,5 @@
 """Rotary position embedding with YaRN, as the official DeepSeek code (inference/model.py
-`precompute_freqs_cis`, `apply_rotary_emb`; REFERENCE §2 "RoPE / YaRN").
+`precompute_freqs_cis`, `apply_rotary_emb`; docs/paper.md §2 "RoPE / YaRN").
 
 Applied only to the decoupled rope dims of MLA (V3 report eq. 3, 5). Pairs are INTERLEAVED, (x[2i], x[2i+1])
 rotated as one complex number. The YaRN blend is static: it depends on the config, not the sequence length.

@@ -6,7 +6,7 @@ Order of precedence:
 3. a cluster JAX detects itself (SLURM with SLURM_NTASKS > 1, Open MPI with OMPI_COMM_WORLD_SIZE > 1):
    `jax.distributed.initialize()` with no arguments;
 4. otherwise a single process: nothing to do.
-CPU processes use gloo collectives (REFERENCE §7: multi-process CPU works with XLA_FLAGS set before import).
+CPU processes use gloo collectives (docs/paper.md §7: multi-process CPU works with XLA_FLAGS set before import).
 Must run before anything touches a jax backend.
 """
 

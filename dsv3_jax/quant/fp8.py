@@ -2,7 +2,7 @@
 
 Shapes: M rows (tokens), K contraction dim, N output dim; Kb = ceil(K/128), Nb = ceil(N/128).
 
-Scale rules (REFERENCE §3, kernel.py `act_quant` / `weight_dequant`):
+Scale rules (docs/paper.md §3, kernel.py `act_quant` / `weight_dequant`):
   * activations: 1x128 tiles along the contraction (last) axis; weights: 128x128 blocks over the last two axes;
   * online amax of the current tile (no delayed scaling), floored at 1e-4;
   * s = amax / FP_MAX (448 for E4M3), optionally rounded up to a power of two, s = 2^ceil(log2 s) ("ue8m0");

@@ -1,4 +1,4 @@
-"""LogFMT-nBit: logarithmic n-bit format for communication payloads (Insights §3.2; REFERENCE §3).
+"""LogFMT-nBit: logarithmic n-bit format for communication payloads (Insights §3.2; docs/paper.md §3).
 
 Per 1x128 tile along the last axis (edge tiles are zero-padded; zeros never enter the statistics):
   * l = log|x| over the tile's nonzero elements; hi = max l, lo = max(min l, hi - ln(2^32))  (min clamp);

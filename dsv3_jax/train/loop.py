@@ -20,6 +20,7 @@ from dsv3_jax.data.pipeline import make_datasets
 from dsv3_jax.experiment_config import model_config
 from dsv3_jax.parallel import layout
 from dsv3_jax.train import checkpoint, optim, pipeline_step, sample, step as step_lib
+from dsv3_jax.train import layout as train_layout
 from dsv3_jax.train.logging import MetricsWriter, Progress
 from dsv3_jax.train.state import init_state
 
@@ -104,7 +105,7 @@ def train(cd, workdir: str, log=print) -> dict:
     if primary:
         _save_config(cd, workdir)
     optimizer = optim.make_optimizer(t)
-    state_sh, batch_sh = layout.state_shardings(cfg, optimizer, mesh, t.seq_len), sharding.batch_sharding(mesh)
+    state_sh, batch_sh = train_layout.state_shardings(cfg, optimizer, mesh, t.seq_len), sharding.batch_sharding(mesh)
     state = jax.jit(lambda: init_state(cfg, optimizer, t.seed, t.seq_len), out_shardings=state_sh)()
     ckpt = checkpoint.Checkpointer(workdir)
     restored, data_state = ckpt.restore_latest(state)
@@ -119,7 +120,7 @@ def train(cd, workdir: str, log=print) -> dict:
     else:
         train_step = step_lib.make_train_step(cfg, optimizer, t, state_sh, batch_sh)
     eval_step = step_lib.make_eval_step(cfg, state_sh, batch_sh)
-    place = lambda b: layout.global_batch(b, mesh)
+    place = lambda b: train_layout.global_batch(b, mesh)
     writer = MetricsWriter(workdir) if primary else _Silent()
     progress = Progress(t.steps, int(state.step), t.batch_size * t.seq_len) if primary else _Silent()
     summary = {}

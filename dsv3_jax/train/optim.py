@@ -11,15 +11,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dsv3_jax import param_tree as pt
 from dsv3_jax.train import schedules
 
 
 def decay_mask(params):
     """True for leaves that get weight decay: arrays of rank >= 2 (per layer for scanned stacks)."""
     def rank_wo_stack(path, x):
-        names = [getattr(p, "key", "") for p in path]
-        stacked = any(n in ("dense_layers", "moe_layers") for n in names)
-        return x.ndim - int(stacked) >= 2
+        return x.ndim - int(pt.is_stacked(pt.key_names(path))) >= 2
     return jax.tree_util.tree_map_with_path(rank_wo_stack, params)
 
 

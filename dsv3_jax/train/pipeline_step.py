@@ -13,7 +13,7 @@ loads over the whole global batch) are those of train/step.py.
     step = make_pipeline_train_step(cfg, optimizer, train_cfg, mesh, "dualpipe", chunks=16)
     state, metrics = step(state, batch)           # same contract as make_train_step's function
 
-Layouts. Outside the executor the state keeps parallel/layout.py's shardings (ZeRO: params and optimizer
+Layouts. Outside the executor the state keeps train/layout.py's shardings (ZeRO: params and optimizer
 moments split over fsdp by their `embed` dim, experts over `expert`); the optimizer update runs there, under
 jit, so GSPMD partitions it. The executor's inputs are laid out per (rank, slot) and GSPMD gathers them from
 that layout: inside the pipeline every rank holds its stages' full parameters, except that with
@@ -32,7 +32,7 @@ import math
 import jax
 
 from dsv3_jax import sharding
-from dsv3_jax.parallel import node_routing
+from dsv3_jax.layers.moe.ep import make_expert_parallel
 from dsv3_jax.parallel.pipeline import SCHEDULE_NAMES, make_schedule
 from dsv3_jax.parallel.pipeline.executor import build_pipeline
 from dsv3_jax.parallel.pipeline.model_experts import param_axes
@@ -70,14 +70,13 @@ def _check_model(cfg) -> None:
                          "use fp8 'blockwise' (stateless) or 'none'")
 
 
-def _expert_axes(cfg, mesh):
-    """The executor's param_axes: routed experts split over the expert axis with moe_impl="ep" (else None)."""
-    axis = sharding.expert_axis()
-    n_ranks = mesh.shape.get(axis, 1)
-    if cfg.moe_impl != "ep" or n_ranks == 1:
-        return None
-    node_routing.check_layout(cfg.n_routed_experts, cfg.n_expert_groups, n_ranks, cfg.ep_nodes or 1)
-    return param_axes(axis)
+def _expert_parallel(cfg, mesh):
+    """(the stages' expert-parallel context, the executor's param_axes): with moe_impl="ep" and an expert axis
+    > 1 the routed experts stay split over it inside the executor's shard_map (manual over every axis)."""
+    ctx = make_expert_parallel(cfg, mesh)
+    if ctx.exchange == "local":
+        return None, None
+    return ctx.inside_shard_map(), param_axes(ctx.axis)
 
 
 def make_pipeline_loss(cfg, mesh, schedule_name: str, chunks: int, *, alpha: float, residuals="recompute"):
@@ -89,10 +88,11 @@ def make_pipeline_loss(cfg, mesh, schedule_name: str, chunks: int, *, alpha: flo
     chunks = chunks or 2 * mesh.shape[pipe]
     layout = stage_layout(cfg, stages)
     shards = math.prod(mesh.shape[a] for a in batch_axes)
-    pipeline = build_pipeline(make_schedule(schedule_name, stages, chunks), make_stage_fn(cfg, layout, alpha, shards),
-                              make_loss_fn(cfg, alpha, shards), mesh=mesh, axis_name=pipe,
-                              first_fn=make_first_fn(cfg), residuals=residuals, aux=True, batch_axes=batch_axes,
-                              param_axes=_expert_axes(cfg, mesh))
+    ctx, axes = _expert_parallel(cfg, mesh)
+    pipeline = build_pipeline(make_schedule(schedule_name, stages, chunks),
+                              make_stage_fn(cfg, layout, alpha, shards, ctx), make_loss_fn(cfg, alpha, shards, ctx),
+                              mesh=mesh, axis_name=pipe, first_fn=make_first_fn(cfg), residuals=residuals, aux=True,
+                              batch_axes=batch_axes, param_axes=axes)
 
     def fn(params, router, batch, lam):
         inputs, targets = micro_batches(batch, chunks, cfg.mtp_depth, lam)
@@ -123,7 +123,7 @@ def make_pipeline_train_step(cfg, optimizer, train_cfg, mesh, schedule_name: str
     schedule_name: train.pipeline_schedule ("1f1b" | "zb1p" | "dualpipe" | "dualpipev"); chunks:
     train.pipeline_chunks, micro-batches per step (0: 2·pipe; DualPipe: even and >= 2·pipe; the batch size
     must be a multiple of chunks × the data-axis sizes). state_sharding/batch_sharding as make_train_step's
-    (parallel/layout.py). residuals: "recompute" or "store" (see executor.py).
+    (train/layout.py). residuals: "recompute" or "store" (see executor.py).
     """
     loss_and_grads = make_pipeline_loss(cfg, mesh, schedule_name, chunks, alpha=train_cfg.balance_alpha,
                                         residuals=residuals)

@@ -10,14 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import dsv3_jax
+from dsv3_jax.model import DeepSeekV3
 from dsv3_jax.data import tokenizer
 
 
 def greedy_sample(cfg, variables, prompt: str, max_new_tokens: int, window: int) -> str:
     """Prompt + up to max_new_tokens greedy bytes, stopping at EOS; the context is the last `window` tokens.
     `variables`: the model's collections (TrainState.variables())."""
-    model = dsv3_jax.DeepSeekV3(cfg)
+    model = DeepSeekV3(cfg)
 
     @jax.jit
     def next_token(buf, last):

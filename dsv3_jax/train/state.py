@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import dsv3_jax
+from dsv3_jax.model import DeepSeekV3
 
 
 @flax.struct.dataclass
@@ -41,7 +41,7 @@ def init_state(cfg, optimizer: optax.GradientTransformation, seed: int, seq_len:
     """Initialize params (jitted) and the optimizer state for a ModelConfig."""
     init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
     tokens = jnp.zeros((1, seq_len), jnp.int32)
-    variables = jax.jit(dsv3_jax.DeepSeekV3(cfg).init)(init_key, tokens)
+    variables = jax.jit(DeepSeekV3(cfg).init)(init_key, tokens)
     params = flax.linen.unbox(variables["params"])
     router = flax.linen.unbox(variables.get("router", {}))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),

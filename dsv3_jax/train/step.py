@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import dsv3_jax
+from dsv3_jax.model import DeepSeekV3
 from dsv3_jax import losses
 from dsv3_jax.data.tokenizer import PAD_ID
-from dsv3_jax.parallel import node_routing
+from dsv3_jax.layers.moe import node_routing
+from dsv3_jax.layers.moe.ep import make_expert_parallel
 from dsv3_jax.train import schedules
 from dsv3_jax.train.state import TrainState, model_variables
 
@@ -38,8 +39,8 @@ def load_stats(counts):
     return jnp.max(loads, axis=-1) / mean, jnp.min(loads, axis=-1) / mean
 
 
-def loss_fn(params, fp8_meta, router, batch, cfg, lam, alpha):
-    out = dsv3_jax.DeepSeekV3(cfg).apply(model_variables(params, router, fp8_meta), batch["inputs"])
+def loss_fn(params, fp8_meta, router, batch, cfg, lam, alpha, parallel=None):
+    out = DeepSeekV3(cfg, parallel).apply(model_variables(params, router, fp8_meta), batch["inputs"])
     mask = batch["targets"] != PAD_ID
     ce = losses.cross_entropy(out.logits, batch["targets"], mask)
     mtp = losses.mtp_loss(out.mtp_logits, batch["targets"], mask, lam)
@@ -48,13 +49,14 @@ def loss_fn(params, fp8_meta, router, batch, cfg, lam, alpha):
                                 comm=out.aux.get("comm_bytes"))
 
 
-def train_step(state: TrainState, batch, *, cfg, optimizer, train_cfg):
-    """One optimizer step and one bias update; returns (new state, metrics).
+def train_step(state: TrainState, batch, *, cfg, optimizer, train_cfg, parallel=None):
+    """One optimizer step and one bias update; returns (new state, metrics). `parallel`: the expert-parallel
+    context (layers/moe/ep.py), built once by make_train_step.
 
     The FP8 amax histories (if any) are differentiated too: their "gradient" is their next value."""
     lam, gamma = step_weights(state.step, train_cfg)
     (loss, aux), (grads, fp8_meta) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-        state.params, state.fp8_meta, state.router, batch, cfg, lam, train_cfg.balance_alpha)
+        state.params, state.fp8_meta, state.router, batch, cfg, lam, train_cfg.balance_alpha, parallel)
     new, metrics = apply_gradients(state, loss, aux, grads, lam, gamma, cfg=cfg, optimizer=optimizer,
                                    train_cfg=train_cfg)
     return new.replace(fp8_meta=fp8_meta), metrics
@@ -85,10 +87,16 @@ def apply_gradients(state: TrainState, loss, aux, grads, lam, gamma, *, cfg, opt
     return new, metrics
 
 
+def expert_parallel(cfg, batch_sharding=None):
+    """The expert-parallel context of a step: from the batch sharding's mesh, or one device without one."""
+    return make_expert_parallel(cfg, None if batch_sharding is None else batch_sharding.mesh)
+
+
 def make_train_step(cfg, optimizer, train_cfg, state_sharding=None, batch_sharding=None):
-    """jit(train_step) with the state donated; with shardings (parallel/layout.py) the state keeps its
+    """jit(train_step) with the state donated; with shardings (train/layout.py) the state keeps its
     layout and the metrics come back replicated."""
-    fn = functools.partial(train_step, cfg=cfg, optimizer=optimizer, train_cfg=train_cfg)
+    fn = functools.partial(train_step, cfg=cfg, optimizer=optimizer, train_cfg=train_cfg,
+                           parallel=expert_parallel(cfg, batch_sharding))
     if state_sharding is None:
         return jax.jit(fn, donate_argnums=(0,))
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
@@ -96,10 +104,10 @@ def make_train_step(cfg, optimizer, train_cfg, state_sharding=None, batch_shardi
                    out_shardings=(state_sharding, replicated))
 
 
-def eval_step(state: TrainState, batch, *, cfg):
+def eval_step(state: TrainState, batch, *, cfg, parallel=None):
     """Sums for the eval metrics: byte NLL (nats) and count over byte targets, MTP depth-1 hits and count,
     expert counts. Summed (not averaged) so batches of different fill combine exactly."""
-    out = dsv3_jax.DeepSeekV3(cfg).apply(state.variables(), batch["inputs"])
+    out = DeepSeekV3(cfg, parallel).apply(state.variables(), batch["inputs"])
     targets = batch["targets"]
     byte = (targets < 256).astype(jnp.float32)
     logp = jax.nn.log_softmax(out.logits, axis=-1)
@@ -114,7 +122,7 @@ def eval_step(state: TrainState, batch, *, cfg):
 
 
 def make_eval_step(cfg, state_sharding=None, batch_sharding=None):
-    fn = functools.partial(eval_step, cfg=cfg)
+    fn = functools.partial(eval_step, cfg=cfg, parallel=expert_parallel(cfg, batch_sharding))
     if state_sharding is None:
         return jax.jit(fn)
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())

@@ -15,14 +15,14 @@ from pallas_kernels import _dispatch
 from pallas_kernels.act_quant.reference import act_quant_reference
 
 TILE = 128
-PREFERENCE = ("triton", "reference")
+IMPL_ORDER = ("triton", "reference")
 
 
 def act_quant(x, *, pow2: bool = False, amax_floor: float = 1e-4, impl: str = "auto", block_m: int = 64):
     """Fused 1x128 quantization (kernel.py act_quant); pads M and K for the kernel and slices back."""
     if x.ndim != 2:
         raise ValueError(f"act_quant: x must be [M, K], got shape {x.shape}")
-    chosen = _dispatch.resolve("act_quant", impl, PREFERENCE)
+    chosen = _dispatch.resolve("act_quant", impl, IMPL_ORDER)
     if chosen == "reference":
         return act_quant_reference(x, pow2=pow2, amax_floor=amax_floor)
     from pallas_kernels.act_quant.triton import act_quant_triton

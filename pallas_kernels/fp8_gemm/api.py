@@ -2,14 +2,15 @@
 
     fp8_gemm(a [M, K], a_s [M, Kb], b [N, K], b_s [Nb, Kb] | [N, Kb], out_dtype, impl) -> C [M, N] = A·Bᵀ
 
-Semantics are reference.py's (DeepSeek kernel.py fp8_gemm; REFERENCE §3, §6). `impl`:
+Semantics are reference.py's (DeepSeek kernel.py fp8_gemm; docs/paper.md §3, §6). `impl`:
   "mosaic_gpu"  Hopper Pallas Mosaic GPU kernel (sm90);      "triton"  Pallas Triton kernel (sm89+);
   "reference"   plain jnp (any backend);                    "auto"    the first available of those, in that
                                                               order, logging once when it falls back to the jnp.
 Explicit choices fail fast with a ValueError naming the reason. The kernels need M % 128, N % tile_n, K % 128
 and take transposed scales; this module pads with zeros (scale 1) and slices, so any shape works.
-The kernels are not differentiable by themselves: `fp8_linear` below (dsv3_jax.quant's custom_vjp linear,
-whose three GEMMs all call `fp8_gemm`) is the differentiable entry point.
+The kernels are not differentiable by themselves: dsv3_jax.quant.fp8_linear.blockwise_linear (a custom_vjp
+linear whose three GEMMs all call `fp8_gemm`) is the differentiable entry point. This package imports nothing
+of dsv3_jax (it sits below dsv3_jax.quant).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 from pallas_kernels import _dispatch
 from pallas_kernels.fp8_gemm.reference import TILE, check_operands, fp8_gemm_reference
 
-PREFERENCE = ("mosaic_gpu", "triton", "reference")
+IMPL_ORDER = ("mosaic_gpu", "triton", "reference")
 
 
 def _pad_to(x, axis: int, multiple: int, value=0):
@@ -75,7 +76,7 @@ def fp8_gemm(a, a_s, b, b_s, *, out_dtype=jnp.bfloat16, impl: str = "auto", tile
 
     interpret=True (tests) runs the named Pallas kernel in interpret mode on CPU instead of failing fast."""
     b_rows = check_operands(a, a_s, b, b_s)
-    chosen = impl if interpret else _dispatch.resolve("fp8_gemm", impl, PREFERENCE)
+    chosen = impl if interpret else _dispatch.resolve("fp8_gemm", impl, IMPL_ORDER)
     if chosen == "reference":
         return fp8_gemm_reference(a, a_s, b, b_s, out_dtype=out_dtype)
     if chosen == "mosaic_gpu":
@@ -83,12 +84,6 @@ def fp8_gemm(a, a_s, b, b_s, *, out_dtype=jnp.bfloat16, impl: str = "auto", tile
     if chosen == "triton":
         return _triton(a, a_s, b, b_rows, out_dtype, interpret)
     raise ValueError(f"fp8_gemm: interpret=True needs impl 'mosaic_gpu' or 'triton', got {impl!r}")
-
-
-def fp8_linear(x, w, *, impl: str = "auto", pow2_scales: bool = False):
-    """Differentiable y = x·w (x [..., K], w [K, N]) with the blockwise recipe; see dsv3_jax.quant.fp8_linear."""
-    from dsv3_jax.quant.fp8_linear import blockwise_linear
-    return blockwise_linear(x, w, impl=impl, pow2_scales=pow2_scales)
 
 
 def sharded_fp8_gemm(a, a_s, b, b_s, *, mesh, m_axis=None, n_axis=None, k_axis=None,

@@ -2,11 +2,11 @@
 
     python -m pallas_kernels.fp8_gemm.bench [--quick] [--sweep] [--no-triton] [--out FILE.md] [--readme README.md]
 
-Shapes: 8192³ and the DeepSeek-V3 shapes M=4096, (N, K) in REFERENCE §6 (DeepGEMM's table). Every kernel sees
+Shapes: 8192³ and the DeepSeek-V3 shapes M=4096, (N, K) in docs/paper.md §6 (DeepGEMM's table). Every kernel sees
 the same random bf16 inputs quantized the V3 way (x 1x128, w 128x128, E4M3); XLA bf16 multiplies the bf16
 inputs; XLA FP8 multiplies per-tensor E4M3 copies (cuBLASLt FP8 GEMM). All use B stored [N, K] (K-major).
 Correctness is checked before timing: ‖C - C_ref‖/‖C_ref‖ against reference.py (fp32) and DeepGEMM's
-diff = 1 - 2Σxy/Σ(x²+y²) (its gate: < 1e-3). Timing (DESIGN.md "Measuring performance"): warm-up, then the
+diff = 1 - 2Σxy/Σ(x²+y²) (its gate: < 1e-3). Timing: warm-up, then the
 median over 20 samples; each sample runs enough back-to-back calls (alternating two input sets, so the
 inputs do not sit in L2) to last >= 2 ms, then block_until_ready.
 """
@@ -23,9 +23,15 @@ import time
 import jax
 import jax.numpy as jnp
 
-from dsv3_jax.quant.fp8 import amax_to_scale, quantize_blocks, quantize_tensor, quantize_tiles
+from pallas_kernels.act_quant.reference import act_quant_reference
 from pallas_kernels.fp8_gemm import api
-from pallas_kernels.fp8_gemm.reference import fp8_gemm_reference
+from pallas_kernels.fp8_gemm.reference import fp8_gemm_reference, quantize_weight_blocks
+
+
+def _per_tensor(x):
+    """(q E4M3, dequant scale) with one scale for the whole tensor (the XLA FP8 dot baseline)."""
+    s = jnp.maximum(jnp.max(jnp.abs(x)).astype(jnp.float32), 1e-4) / 448.0
+    return jnp.clip(x.astype(jnp.float32) / s, -448.0, 448.0).astype(jnp.float8_e4m3fn), s
 
 SHAPES = [(8192, 8192, 8192)] + [(4096, n, k) for n, k in
                                  [(2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)]]
@@ -53,10 +59,9 @@ def make_inputs(m, n, k, seed):
     kx, kw = jax.random.split(jax.random.key(seed))
     x = jax.random.normal(kx, (m, k), jnp.bfloat16)
     w = jax.random.normal(kw, (n, k), jnp.bfloat16)
-    aq, a_s = quantize_tiles(x)
-    bq, b_s = quantize_blocks(w)
-    sx, sw = amax_to_scale(jnp.max(jnp.abs(x))), amax_to_scale(jnp.max(jnp.abs(w)))
-    xt, wt = quantize_tensor(x, sx), quantize_tensor(w, sw)
+    aq, a_s = act_quant_reference(x)
+    bq, b_s = quantize_weight_blocks(w)
+    (xt, sx), (wt, sw) = _per_tensor(x), _per_tensor(w)
     return dict(x=x, w=w, aq=aq, a_s=a_s, bq=bq, b_s=b_s, xt=xt, wt=wt, s=sx * sw)
 
 

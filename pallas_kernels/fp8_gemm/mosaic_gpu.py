@@ -1,7 +1,7 @@
 """Blockwise-scaled FP8 GEMM for Hopper (sm90a) in Pallas Mosaic GPU.
 
 Computes C = A·Bᵀ exactly as reference.py (DeepSeek `kernel.py` fp8_gemm / DeepGEMM semantics):
-  a [M, K] fp8 and b [N, K] fp8, both K-major (for 8-bit wgmma neither operand may be transposed, REFERENCE §7;
+  a [M, K] fp8 and b [N, K] fp8, both K-major (for 8-bit wgmma neither operand may be transposed, docs/paper.md §7;
   B is viewed as [K, N] with `transpose_ref`); a_s [M, Kb] (1x128 tiles); B scales either per 128x128 weight
   block (Fprop/Dgrad; b_scales="block") or per row of B (Wgrad's 1x128 tiles; b_scales="row"). Kb = K/128.
 

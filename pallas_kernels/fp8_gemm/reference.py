@@ -59,3 +59,14 @@ def fp8_gemm_reference(a, a_s, b, b_s, out_dtype=jnp.bfloat16):
     acc0 = block(jax.tree.map(lambda v: v[0], blocks))
     acc, _ = jax.lax.scan(lambda acc, blk: (acc + block(blk), None), acc0, jax.tree.map(lambda v: v[1:], blocks))
     return acc.astype(out_dtype)
+
+
+def quantize_weight_blocks(w, *, e4m3_max: float = 448.0, amax_floor: float = 1e-4):
+    """w [R, C] -> (q [R, C] E4M3, s [Rb, Cb] f32): 128x128 blocks, s = max(amax, 1e-4) / 448, w ≈ q·s
+    (kernel.py weight_dequant's layout; edge blocks zero-padded before the amax). For benchmarks and tests."""
+    r, c = w.shape
+    rb, cb = -(-r // TILE), -(-c // TILE)
+    blocks = jnp.pad(w.astype(jnp.float32), ((0, rb * TILE - r), (0, cb * TILE - c))).reshape(rb, TILE, cb, TILE)
+    s = jnp.maximum(jnp.max(jnp.abs(blocks), axis=(1, 3)), amax_floor) / e4m3_max
+    q = jnp.clip(blocks / s[:, None, :, None], -e4m3_max, e4m3_max).astype(jnp.float8_e4m3fn)
+    return q.reshape(rb * TILE, cb * TILE)[:r, :c], s

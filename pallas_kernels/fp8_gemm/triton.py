@@ -1,5 +1,5 @@
 """Blockwise-scaled FP8 GEMM through the Pallas Triton backend: the portable path for sm89 (Ada / L4 / L40S)
-and any GPU with Triton FP8 dots (on Hopper the Mosaic GPU kernel is the fast path; REFERENCE §7 measured the
+and any GPU with Triton FP8 dots (on Hopper the Mosaic GPU kernel is the fast path; docs/paper.md §7 measured the
 Triton backend at 350-455 TFLOP/s for fp8 on an H100, and it is deprecated since jax 0.11 but still shipped).
 
 Same contract as mosaic_gpu.py: C [M, N] = A·Bᵀ, a [M, K], b [N, K] fp8, scales transposed a_s_t [Kb, M],

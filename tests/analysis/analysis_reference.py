@@ -1,7 +1,7 @@
 """Independent reference for the analysis tests: enumerate every tensor of a checkpoint by its official name
-and shape (DeepSeek-V3 inference/model.py, README_WEIGHTS.md; HF Qwen2/Llama layouts), then sum.
+and shape (DeepSeek-V3 inference/model.py, docs/paper.md §2 (MTP); HF Qwen2/Llama layouts), then sum.
 
-Written from REFERENCE §1-2 without importing dsv3_jax.analysis. A config is read only through its fields.
+Written from docs/paper.md §1-2 without importing dsv3_jax.analysis. A config is read only through its fields.
 """
 
 from __future__ import annotations
@@ -75,6 +75,6 @@ def _is_active(name, c):
     return int(name.split(".experts.")[1].split(".")[0]) < c.n_activated_experts
 
 
-# Published figures (REFERENCE §1, §5; Insights Tables 1-2, §2.3.2).
+# Published figures (docs/paper.md §1, §5; Insights Tables 1-2, §2.3.2).
 PAPER_KV_BYTES = {"v3": 70_272, "qwen72b": 327_680, "llama405b": 516_096, "v2": 69_120}
 PAPER_GFLOPS = {"v2": 155.0, "v3": 250.0, "qwen72b": 394.0, "llama405b": 2448.0}

@@ -21,7 +21,6 @@ def test_paper_numbers_notebook_executes():
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": REPO}}).execute()
+                            resources={"metadata": {"path": REPO}}).execute()  # raises CellExecutionError on any failing cell
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 3  # KV, FLOPs, memory plots

@@ -16,7 +16,6 @@ from dsv3_jax.analysis.params import model_param_counts, param_counts
 from dsv3_jax.config import ModelConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MODEL_PY = os.path.join(REPO, "dsv3_jax", "model.py")
 IMPLEMENTATION_FIELDS = {"dtype", "remat", "moe_impl", "init_std"}
 
 
@@ -55,17 +54,14 @@ def test_formula_matches_reference(name):
 @pytest.mark.parametrize("name", ["small", "small_no_qlora_no_mtp", "small_all_dense", "small_gqa", "small_mha",
                                   "v3", "v2_lite"])
 def test_model_eval_shape_matches_reference(name):
-    if not os.path.exists(MODEL_PY):
-        pytest.skip("dsv3_jax/model.py does not exist yet")  # ONLY skip reason; import errors must fail
     counts = model_param_counts(CONFIGS[name])
     assert counts.source == "model"
     _check(counts, reference_counts(CONFIGS[name]))
     assert counts.router_state == formula_param_counts(CONFIGS[name]).router_state
 
 
-def test_auto_uses_model_when_present():
-    expected = "model" if os.path.exists(MODEL_PY) else "formula"
-    assert param_counts(CONFIGS["small"]).source == expected
+def test_param_counts_sources():
+    assert param_counts(CONFIGS["small"]).source == "model"
     assert param_counts(CONFIGS["small"], source="formula").source == "formula"
     with pytest.raises(ValueError, match="source"):
         param_counts(CONFIGS["small"], source="guess")

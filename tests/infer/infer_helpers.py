@@ -19,8 +19,9 @@ NORM_NAMES = ("scale", "kv_norm", "q_norm")
 @functools.lru_cache(maxsize=None)
 def init_variables(cfg, seed=0, bias_scale=0.3):
     """Random variables with DeepSeekV3(cfg)'s tree: weights ~ N(0, init_std), norm scales ~ 1 + N(0, 0.1),
-    router biases ~ N(0, bias_scale) (partly negative). Shapes come from jax.eval_shape(init), so nothing is
-    compiled (compiling init would dominate these tests)."""
+    router biases ~ N(0, bias_scale) (partly negative), per-tensor delayed FP8 amax histories (fp8_meta) ~
+    U(0.5, 4) as after some training (non-empty histories fix the scales). Shapes come from
+    jax.eval_shape(init), so nothing is compiled (compiling init would dominate these tests)."""
     shapes = jax.eval_shape(dsv3_jax.DeepSeekV3(cfg).init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
     shapes = nn.unbox(shapes)
     rng = np.random.default_rng(seed)
@@ -29,6 +30,8 @@ def init_variables(cfg, seed=0, bias_scale=0.3):
         name = getattr(path[-1], "key", "")
         if path[0].key == "router":
             x = rng.normal(size=leaf.shape) * bias_scale
+        elif path[0].key == "fp8_meta":
+            x = rng.uniform(0.5, 4.0, size=leaf.shape)
         elif name in NORM_NAMES:
             x = 1.0 + 0.1 * rng.normal(size=leaf.shape)
         else:
@@ -36,7 +39,7 @@ def init_variables(cfg, seed=0, bias_scale=0.3):
         return jnp.asarray(x, jnp.float32)
 
     v = jax.tree_util.tree_map_with_path(fill, shapes)
-    return {"params": v["params"], "router": v.get("router", {})}
+    return {k: v[k] for k in ("params", "router", "fp8_meta") if k in v}
 
 
 def bigram_variables(cfg, seed=0, block_scale=0.35):

@@ -59,7 +59,7 @@ def test_router_biases_steer_decoding():
 
 def test_cache_bytes():
     v3 = ModelConfig()
-    assert cache_bytes_per_token(v3) == 70_272 == v3.kv_cache_bytes_per_token()  # REFERENCE §2
+    assert cache_bytes_per_token(v3) == 70_272 == v3.kv_cache_bytes_per_token()  # docs/paper.md §2
     assert cache_bytes_per_token(v3, absorb=False) == 61 * 128 * (192 + 128) * 2 == 4_997_120
     cfg = CONFIGS["v3"]
     for absorb in (True, False):
@@ -87,7 +87,7 @@ def test_bad_inputs_name_the_tensor():
         decode_step(cfg, variables, full, tokens[:, 0])
     with pytest.raises(ValueError, match="max_len must be in"):
         init_cache(cfg, 1, cfg.max_seq_len + 1)
-    with pytest.raises(ValueError, match="attention='mla' only"):
-        init_cache(tiny_config(attention="gqa", n_kv_heads=1), 1, 8)
+    with pytest.raises(ValueError, match="has no latent KV cache"):
+        init_cache(tiny_config(attention="gqa", n_kv_heads=1), 1, 8, absorb=True)
     with pytest.raises(ValueError, match="router"):
         prefill(cfg, {"params": variables["params"]}, tokens, LENGTHS, init_cache(cfg, 3, 16))

@@ -1,5 +1,5 @@
 """Helpers for the interop tests: tiny configs, random variables, and an independent safetensors writer and
-FP8 quantizer (written from the format spec and REFERENCE §3, not from dsv3_jax.interop)."""
+FP8 quantizer (written from the format spec and docs/paper.md §3, not from dsv3_jax.interop)."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def write_checkpoint(directory: str, config: dict, tensors: dict[str, np.ndarray
 
 
 def quantize_deepseek_fp8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """FP8 e4m3 + weight_scale_inv per 128x128 block as DeepSeek's checkpoints store them (REFERENCE §3):
+    """FP8 e4m3 + weight_scale_inv per 128x128 block as DeepSeek's checkpoints store them (docs/paper.md §3):
     zero-pad the edges to whole blocks, scale = amax/448 per block, q = e4m3(w/scale), slice the padding off."""
     m, n = w.shape
     mb, nb = -(-m // 128), -(-n // 128)
@@ -126,7 +126,7 @@ def quantize_deepseek_fp8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dequantize_reference(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """REFERENCE §3 rule, block by block: y[i, j] = q[i, j] · scale[i // 128, j // 128]."""
+    """docs/paper.md §3 rule, block by block: y[i, j] = q[i, j] · scale[i // 128, j // 128]."""
     out = np.empty(q.shape, np.float32)
     for bi in range(scale.shape[0]):
         for bj in range(scale.shape[1]):

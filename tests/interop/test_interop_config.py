@@ -1,4 +1,4 @@
-"""config.json <-> ModelConfig (REFERENCE §1), including the YaRN mscale mapping and strict field checks."""
+"""config.json <-> ModelConfig (docs/paper.md §1), including the YaRN mscale mapping and strict field checks."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_v3_config_maps_to_official_v3():
     cfg, fp8 = config_from_hf(V3_JSON)
     assert fp8
     assert cfg == ModelConfig(max_seq_len=163840)  # the defaults are the official V3 671B config
-    assert cfg.softmax_scale == pytest.approx(0.135234, abs=1e-6)  # REFERENCE §2 [derived]
+    assert cfg.softmax_scale == pytest.approx(0.135234, abs=1e-6)  # docs/paper.md §2 [derived]
     assert cfg.softmax_scale == pytest.approx(hf_softmax_scale(V3_JSON), rel=1e-12)
 
 

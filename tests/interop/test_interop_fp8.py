@@ -1,4 +1,4 @@
-"""FP8 128x128 block dequantization (REFERENCE §3) and loading FP8 checkpoints laid out as DeepSeek's."""
+"""FP8 128x128 block dequantization (docs/paper.md §3) and loading FP8 checkpoints laid out as DeepSeek's."""
 
 from __future__ import annotations
 

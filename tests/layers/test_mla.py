@@ -4,9 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dsv3_jax.layers import attention
 from dsv3_jax.layers.attention_core import causal_mask
 from dsv3_jax.layers.baseline_attention import GQA
-from dsv3_jax.layers.mla import MLA, mla_train
+from dsv3_jax.layers.kv_cache import CacheSlot, cache_mask
+from dsv3_jax.layers.mla import MLA
 from dsv3_jax.layers.rope import rope_frequencies
 from tests import reference as ref
 from tests.conftest import tiny_config
@@ -32,7 +34,8 @@ def test_mla_matches_reference(q_lora_rank, yarn):
     mask = causal_mask(idx, idx)
     params = _init(MLA(cfg), x, idx, mask)
     assert ("wq_a" in params) == bool(q_lora_rank)
-    out = MLA(cfg).apply({"params": params}, jnp.asarray(x), idx, mask)
+    out, cache = MLA(cfg).apply({"params": params}, jnp.asarray(x), idx, mask)
+    assert cache is None
     rc = ref.ref_config(cfg)
     for b in range(B):
         np.testing.assert_allclose(out[b], ref.mla(x[b].astype(np.float64), ref.f64(params), rc, np.arange(T)),
@@ -46,27 +49,42 @@ def test_mla_segments_and_positions():
     pos = jnp.asarray([[0, 1, 2, 0, 1, 2, 3], list(range(T))])  # positions restart per document
     mask = causal_mask(idx, idx, seg, seg)
     params = _init(MLA(cfg), x, idx, mask)
-    out = MLA(cfg).apply({"params": params}, jnp.asarray(x), pos, mask)
+    out, _ = MLA(cfg).apply({"params": params}, jnp.asarray(x), pos, mask)
     rc = ref.ref_config(cfg)
     for b in range(B):
         want = ref.mla(x[b].astype(np.float64), ref.f64(params), rc, np.asarray(pos[b]), np.asarray(seg[b]))
         np.testing.assert_allclose(out[b], want, rtol=2e-5, atol=2e-5)
     # The second document of row 0 equals that document run alone.
-    alone = MLA(cfg).apply({"params": params}, jnp.asarray(x[:1, 3:]), jnp.arange(4)[None],
-                           causal_mask(jnp.arange(4)[None], jnp.arange(4)[None]))
+    alone, _ = MLA(cfg).apply({"params": params}, jnp.asarray(x[:1, 3:]), jnp.arange(4)[None],
+                              causal_mask(jnp.arange(4)[None], jnp.arange(4)[None]))
     np.testing.assert_allclose(out[0, 3:], alone[0], rtol=1e-5, atol=1e-6)
 
 
+def _cache_slot(cfg, latent: bool, slots: int, layers: int = 2, layer: int = 1):
+    shapes = attention.cache_entries(cfg, latent)
+    entries = {n: jnp.zeros((layers, B, slots) + sh, jnp.float32) for n, sh in shapes.items()}
+    return CacheSlot(entries, jnp.asarray(layer, jnp.int32))
+
+
+@pytest.mark.parametrize("attention_kind, latent", [("mla", True), ("mla", False), ("mha", False), ("gqa", False)])
 @pytest.mark.parametrize("q_lora_rank", [16, 0])
-def test_absorbed_equals_naive(q_lora_rank):
-    cfg = tiny_config(q_lora_rank=q_lora_rank)
+def test_cached_attention_equals_full_sequence(attention_kind, latent, q_lora_rank):
+    """The same module with a cache: a prefix, then one token at a time, each written into its layer's slot of
+    the stacked cache, gives the full-sequence outputs; other layers' slots stay untouched."""
+    cfg = tiny_config(q_lora_rank=q_lora_rank, attention=attention_kind,
+                      n_kv_heads=1 if attention_kind == "gqa" else 0)
+    module = MLA(cfg) if attention_kind == "mla" else GQA(cfg)
     x, idx = _inputs(cfg, 2)
-    seg = jnp.asarray([[0, 0, 1, 1, 1, 2, 2]] * B)
-    mask = causal_mask(idx, idx, seg, seg)
-    params = _init(MLA(cfg), x, idx, mask)
-    naive = mla_train(jnp.asarray(x), params, idx, mask, cfg, absorb=False)
-    absorbed = mla_train(jnp.asarray(x), params, idx, mask, cfg, absorb=True)
-    np.testing.assert_allclose(naive, absorbed, rtol=1e-5, atol=1e-5)
+    params = _init(module, x, idx, causal_mask(idx, idx))
+    full, _ = module.apply({"params": params}, jnp.asarray(x), idx, causal_mask(idx, idx))
+    slot = _cache_slot(cfg, latent, slots=T + 2)
+    pieces = [(0, 4)] + [(t, t + 1) for t in range(4, T)]
+    for lo, hi in pieces:
+        pos = idx[:, lo:hi]
+        out, slot = module.apply({"params": params}, jnp.asarray(x[:, lo:hi]), pos, cache_mask(pos, T + 2), slot)
+        np.testing.assert_allclose(out, full[:, lo:hi], rtol=2e-5, atol=2e-5)
+    for arr in slot.entries.values():
+        assert not np.any(np.asarray(arr[0])) and not np.any(np.asarray(arr[1, :, T:]))  # layer 0, unused slots
 
 
 @pytest.mark.parametrize("attention, n_kv_heads", [("mha", 0), ("gqa", 1)])
@@ -75,7 +93,7 @@ def test_baseline_attention_matches_reference(attention, n_kv_heads):
     x, idx = _inputs(cfg, 3)
     mask = causal_mask(idx, idx)
     params = _init(GQA(cfg), x, idx, mask)
-    out = GQA(cfg).apply({"params": params}, jnp.asarray(x), idx, mask)
+    out, _ = GQA(cfg).apply({"params": params}, jnp.asarray(x), idx, mask)
     freqs = rope_frequencies(cfg.qk_head_dim, cfg.rope_theta, yarn=True, factor=cfg.rope_factor,
                              original_seq_len=cfg.original_seq_len)
     for b in range(B):

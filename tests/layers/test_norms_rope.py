@@ -19,7 +19,7 @@ def test_rms_norm_matches_reference_and_is_fp32_inside():
 
 
 def test_v3_yarn_correction_range():
-    # REFERENCE §2: V3 (rope dim 64, base 1e4, original 4096, beta 32/1) -> low 10, high 23.
+    # docs/paper.md §2: V3 (rope dim 64, base 1e4, original 4096, beta 32/1) -> low 10, high 23.
     assert yarn_correction_range(64, 10000.0, 4096, 32, 1) == (10, 23)
 
 

@@ -43,3 +43,21 @@ def test_triton_lowers_for_cuda():
         jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(
         jax.ShapeDtypeStruct((256, 512), jnp.bfloat16))
     assert "xla.gpu.triton" in exp.mlir_module()
+
+
+@pytest.mark.parametrize("pow2", [False, True])
+def test_kernel_references_equal_the_training_quantizers(pow2):
+    """The kernel package's own references (it imports nothing of dsv3_jax) quantize exactly as dsv3_jax.quant,
+    which the FP8 training path uses: same codes, same scales, edge tiles included."""
+    from dsv3_jax.quant import fp8
+    from pallas_kernels.fp8_gemm.reference import quantize_weight_blocks
+    x = jax.random.normal(jax.random.key(2), (70, 300), jnp.float32) * 3
+    q, s = act_quant_reference(x, pow2=pow2)
+    q2, s2 = fp8.quantize_tiles(x, pow2=pow2)
+    np.testing.assert_array_equal(np.asarray(s), np.asarray(s2))
+    np.testing.assert_array_equal(np.asarray(q, np.float32), np.asarray(q2, np.float32))
+    if not pow2:
+        qw, sw = quantize_weight_blocks(x)
+        qw2, sw2 = fp8.quantize_blocks(x)
+        np.testing.assert_array_equal(np.asarray(sw), np.asarray(sw2))
+        np.testing.assert_array_equal(np.asarray(qw, np.float32), np.asarray(qw2, np.float32))

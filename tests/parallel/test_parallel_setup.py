@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dsv3_jax.parallel import distributed, layout, node_routing
+from dsv3_jax.layers.moe import node_routing
+from dsv3_jax.parallel import distributed, layout
 from tests.conftest import tiny_config
 
 
@@ -32,10 +33,10 @@ def _devices(procs):
 
 
 def test_nodes_along_the_expert_axis_follow_processes():
-    assert node_routing.nodes_of_mesh(_devices([0] * 4 + [1] * 4).reshape(1, 8), 1) == 2
-    assert node_routing.nodes_of_mesh(_devices([0] * 4 + [1] * 4).reshape(2, 4), 1) == 1  # data over hosts
+    assert layout.nodes_of_mesh(_devices([0] * 4 + [1] * 4).reshape(1, 8), 1) == 2
+    assert layout.nodes_of_mesh(_devices([0] * 4 + [1] * 4).reshape(2, 4), 1) == 1  # data over hosts
     with pytest.raises(ValueError, match=r"processes along it are \[0, 0, 0, 1\]"):
-        node_routing.nodes_of_mesh(_devices([0, 0, 0, 1]), 0)
+        layout.nodes_of_mesh(_devices([0, 0, 0, 1]), 0)
 
 
 def test_distributed_settings_from_flags_and_environment():

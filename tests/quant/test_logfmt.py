@@ -1,4 +1,4 @@
-"""LogFMT-nBit (Insights §3.2) against an independent float64 numpy implementation written from REFERENCE §3.
+"""LogFMT-nBit (Insights §3.2) against an independent float64 numpy implementation written from docs/paper.md §3.
 
 Spec checks: per 1x128 tile, lo/hi of log|x| over nonzeros with lo >= hi - ln(2^32); 2^(n-1)-1 magnitude
 codes, Step = (hi-lo)/(2^(n-1)-2); every element decodes to the NEAREST representable magnitude in LINEAR space

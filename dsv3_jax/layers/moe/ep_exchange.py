@@ -1,11 +1,14 @@
-"""The two token exchanges of expert parallelism, run per rank inside shard_map (parallel/expert.py).
+"""The two token exchanges of expert parallelism, run per rank inside shard_map (ep.py).
+
+Registry: EP_EXCHANGES (ModelConfig.ep_dispatch) = {"all_to_all", "ragged"}; "auto" is resolved at set-up
+(`resolve_exchange`, called by ep.make_expert_parallel).
 
 Both start from this rank's M = n·k (token, expert) assignments sorted by expert, hence by destination rank
 (rank r holds experts [r·El, (r+1)·El)), and both give back, in that sorted order, each assignment's expert
 output. Nothing is ever dropped (V3 report §2.1.2 "No Token-Dropping").
 
 * `via_all_to_all`: pads each destination's rows to a fixed capacity C and uses `jax.lax.all_to_all`
-  (XLA:CPU has no ragged_all_to_all, REFERENCE §7). C = n·min(k, El) is a bound that provably holds: a
+  (XLA:CPU has no ragged_all_to_all, docs/paper.md §7). C = n·min(k, El) is a bound that provably holds: a
   token's k experts are distinct, so at most min(k, El) of them live on any one rank; the worst case (every
   local token sending all its assignments to the same rank) fits. The price is X·C rows per rank on the
   wire and in the expert GEMM instead of ~n·k.
@@ -27,39 +30,39 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dsv3_jax.layers.moe import dispatch
-from dsv3_jax.parallel import ep_payload
+from dsv3_jax import sharding
+from dsv3_jax.layers.moe import dispatch, ep_payload
+from dsv3_jax.registry import Registry
+
+EP_EXCHANGES = Registry("ep_dispatch", "expert-parallel exchange", aliases=("auto",))
+
+
+def resolve_exchange(ep_dispatch: str, n_ranks: int, native: bool) -> str:
+    """"local" (nothing to exchange), "all_to_all" or "ragged" for ModelConfig.ep_dispatch: "auto" is the native
+    ragged_all_to_all where the platform has one, else the capacity all_to_all, and "local" at one rank."""
+    EP_EXCHANGES.check(ep_dispatch)
+    if ep_dispatch != "auto":
+        return ep_dispatch
+    if n_ranks == 1:
+        return "local"
+    return "ragged" if native else "all_to_all"
 
 
 def _excl_cumsum(a, axis=0):
     return jnp.cumsum(a, axis=axis) - a
 
 
-def _varying_axes(x) -> set:
-    """Mesh axes x varies over inside shard_map (`.manual_axis_type.varying` in jax 0.10, `.vma` before)."""
-    t = jax.typeof(x)
-    mat = getattr(t, "manual_axis_type", None)
-    return set(mat.varying) if mat is not None else set(getattr(t, "vma", None) or ())
-
-
-def _varying_like(z, *refs):
-    """z made varying over every mesh axis any of `refs` varies over (shard_map's check_vma types must
-    match: a collective's output buffer, and a custom_vjp cotangent, vary like the rows they stand for)."""
-    missing = tuple(sorted(set().union(*map(_varying_axes, refs)) - _varying_axes(z)))
-    return jax.lax.pcast(z, missing, to="varying") if missing else z
-
-
-def local_experts(rows, local_ids, w1, w2, w3, dtype, grouped: bool):
+def local_experts(rows, local_ids, w1, w2, w3, dtype, grouped: bool, gmm=None):
     """SwiGLU of each received row with its local expert; rows with id El (empty slots) give zeros.
 
-    grouped: sort + `dispatch.grouped_swiglu` (ragged_dot; only real rows counted) — else the blocked
+    grouped: sort + `dispatch.grouped_swiglu` (ragged_dot, or `gmm`: the FP8 grouped GEMM; only real rows counted) — else the blocked
     batched-matmul path of dispatch.py (fast on XLA:CPU; empty slots cost compute but are masked)."""
     el = w1.shape[0]
     valid = local_ids < el
     if grouped:
         order = jnp.argsort(local_ids, stable=True)
         sizes = jnp.zeros((el + 1,), jnp.int32).at[local_ids].add(1)[:el]
-        ys = dispatch.grouped_swiglu(jnp.take(rows, order, axis=0), w1, w2, w3, sizes, dtype)
+        ys = dispatch.grouped_swiglu(jnp.take(rows, order, axis=0), w1, w2, w3, sizes, dtype, gmm)
         ys = jnp.zeros_like(ys).at[order].set(ys)
         return jnp.where(valid[:, None], ys, 0).astype(dtype)
     ids = jnp.where(valid, local_ids, 0)[:, None]
@@ -72,9 +75,12 @@ def _a2a_move(axis, parts, plan, reverse):
     return tuple(jax.lax.all_to_all(p, axis, 0, 0, tiled=True) for p in parts)
 
 
-def via_all_to_all(xs, sorted_experts, w1, w2, w3, *, axis: str, n_ranks: int, capacity: int, dtype,
-                   payload: str, combine: str, grouped: bool):
-    """xs [M, D] sorted by expert, sorted_experts [M] -> expert outputs [M, D] (same order)."""
+@EP_EXCHANGES.register("all_to_all")
+def via_all_to_all(xs, sorted_experts, counts, w1, w2, w3, *, axis: str, n_ranks: int, capacity: int, dtype,
+                   payload: str, combine: str, grouped: bool, native: bool, gmm=None):
+    """xs [M, D] sorted by expert, sorted_experts [M] -> expert outputs [M, D] (same order). `counts` and
+    `native` are unused (the capacity layout needs neither)."""
+    del counts, native
     el, m = w1.shape[0], xs.shape[0]
     dest = sorted_experts // el
     start = _excl_cumsum(jnp.zeros((n_ranks,), jnp.int32).at[dest].add(1))
@@ -84,7 +90,7 @@ def via_all_to_all(xs, sorted_experts, w1, w2, w3, *, axis: str, n_ranks: int, c
     move = functools.partial(_a2a_move, axis)
     recv = ep_payload.exchange(payload, move, False, buf, ())  # block s = rows from rank s
     (recv_ids,) = move((ids,), (), False)
-    ys = local_experts(recv, recv_ids, w1, w2, w3, dtype, grouped)
+    ys = local_experts(recv, recv_ids, w1, w2, w3, dtype, grouped, gmm)
     back = ep_payload.exchange("compute", move, True, ep_payload.combine_cast(ys, combine), ())
     return jnp.take(back, slot, axis=0).astype(dtype)
 
@@ -137,21 +143,25 @@ def _ragged_move(axis, rows, native, parts, plan, reverse):
     n_out = rows[1] if reverse else rows[0]
     out = []
     for a in parts:
-        a = _varying_like(a, *args)
-        buf = _varying_like(jnp.zeros((n_out, *a.shape[1:]), a.dtype), a)
+        a = sharding.vary_like(a, *args)
+        buf = sharding.vary_like(jnp.zeros((n_out, *a.shape[1:]), a.dtype), a)
         out.append(fn(a, buf, *args, axis_name=axis))
     return tuple(out)
 
 
-def via_ragged(xs, counts, w1, w2, w3, *, axis: str, n_ranks: int, recv_rows: int, dtype, payload: str,
-               combine: str, native: bool):
-    """xs [M, D] sorted by expert with per-expert counts [E] -> expert outputs [M, D] (same order)."""
+@EP_EXCHANGES.register("ragged")
+def via_ragged(xs, sorted_experts, counts, w1, w2, w3, *, axis: str, n_ranks: int, capacity: int, dtype,
+               payload: str, combine: str, grouped: bool, native: bool, gmm=None):
+    """xs [M, D] sorted by expert with per-expert counts [E] -> expert outputs [M, D] (same order). The
+    receive buffer has the worst-case X·capacity rows; the local GEMM is always grouped (only real rows)."""
+    del sorted_experts, grouped
     el, m = w1.shape[0], xs.shape[0]
+    recv_rows = n_ranks * capacity
     plan, cells = ragged_plan(counts, axis, n_ranks)
     move = functools.partial(_ragged_move, axis, (recv_rows, m), native)
     recv = ep_payload.exchange(payload, move, False, xs.astype(dtype), plan)  # [R, D]
     cell = jnp.searchsorted(jnp.cumsum(cells.reshape(-1)), jnp.arange(recv_rows), side="right")
     local_ids = jnp.where(cell < n_ranks * el, cell % el, el).astype(jnp.int32)
-    ys = local_experts(recv, local_ids, w1, w2, w3, dtype, grouped=True)
+    ys = local_experts(recv, local_ids, w1, w2, w3, dtype, True, gmm)
     back = ep_payload.exchange("compute", move, True, ep_payload.combine_cast(ys, combine), plan)
     return back.astype(dtype)

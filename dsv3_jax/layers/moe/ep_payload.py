@@ -16,31 +16,49 @@ Legend: R rows moved, D model dim, Db = ceil(D/128) tiles.
 from __future__ import annotations
 
 import functools
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from dsv3_jax.quant import fp8, logfmt
+from dsv3_jax.registry import Registry
+
+
+class Payload(NamedTuple):
+    """One dispatch format: encode x [R, D] into arrays with leading axis R, decode them, and the bytes one
+    token of D values takes on the wire (values plus per-128 scales, fp32)."""
+    encode: Callable
+    decode: Callable  # (parts, dtype) -> [R, D]
+    token_bytes: Callable  # (dim, compute itemsize) -> int
+
+
+def _logfmt(bits: int) -> Payload:
+    return Payload(lambda x: logfmt.logfmt_encode(x, bits),
+                   lambda parts, dtype: logfmt.logfmt_decode(*parts, n_bits=bits, dtype=dtype),
+                   lambda dim, _: dim * (1 if bits <= 8 else 2) + 8 * -(-dim // 128))  # codes + (lo, step)
+
+
+# ModelConfig.ep_payload: "compute" sends the compute dtype; "fp8" 1x128 E4M3 tiles with power-of-2 scales
+# (V3 report §3.3); LogFMT-8/10 (Insights §3.2).
+EP_PAYLOADS = Registry("ep_payload", "EP dispatch payload")
+EP_PAYLOADS.register("compute", Payload(lambda x: (x,), lambda parts, dtype: parts[0].astype(dtype),
+                                        lambda dim, itemsize: dim * itemsize))
+EP_PAYLOADS.register("fp8", Payload(lambda x: fp8.quantize_tiles(x, pow2=True),
+                                    lambda parts, dtype: fp8.dequantize_tiles(*parts, dtype=dtype),
+                                    lambda dim, _: dim + 4 * -(-dim // 128)))  # E4M3 + one fp32 scale per tile
+EP_PAYLOADS.register("logfmt8", _logfmt(8))
+EP_PAYLOADS.register("logfmt10", _logfmt(10))
 
 
 def encode(x, payload: str):
     """x [R, D] -> a tuple of arrays with leading axis R: (x,), (q, s) or (codes, lo, step)."""
-    if payload == "compute":
-        return (x,)
-    if payload == "fp8":
-        return fp8.quantize_tiles(x, pow2=True)  # q [R, D] E4M3, s [R, Db] fp32 (power-of-2)
-    if payload.startswith("logfmt"):
-        return logfmt.logfmt_encode(x, int(payload[len("logfmt"):]))
-    raise ValueError(f"ep_payload: unknown payload {payload!r}")
+    return EP_PAYLOADS.get(payload).encode(x)
 
 
 def decode(parts, payload: str, dtype):
     """Inverse of `encode` in `dtype`."""
-    if payload == "compute":
-        return parts[0].astype(dtype)
-    if payload == "fp8":
-        return fp8.dequantize_tiles(*parts, dtype=dtype)
-    return logfmt.logfmt_decode(*parts, n_bits=int(payload[len("logfmt"):]), dtype=dtype)
+    return EP_PAYLOADS.get(payload).decode(parts, dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -63,6 +81,19 @@ def _exchange_bwd(payload, move, reverse, plan, g):
 exchange.defvjp(_exchange_fwd, _exchange_bwd)
 
 
+# ModelConfig.ep_combine: the dtype expert outputs travel back in (V3 report §3.3: BF16 combine).
+EP_COMBINES = Registry("ep_combine", "EP combine dtype")
+EP_COMBINES.register("compute", None)
+EP_COMBINES.register("bfloat16", jnp.bfloat16)
+
+
 def combine_cast(y, combine: str):
-    """The dtype results travel back in: the compute dtype, or bfloat16 (V3 report §3.3 BF16 combine)."""
-    return y if combine == "compute" else y.astype(jnp.bfloat16)
+    """y in the dtype it travels back in: the compute dtype, or bfloat16."""
+    dtype = EP_COMBINES.get(combine)
+    return y if dtype is None else y.astype(dtype)
+
+
+def combine_bytes(dim: int, combine: str, compute_itemsize: int) -> int:
+    """Bytes of one token's combined result on the wire."""
+    dtype = EP_COMBINES.get(combine)
+    return dim * (compute_itemsize if dtype is None else jnp.dtype(dtype).itemsize)

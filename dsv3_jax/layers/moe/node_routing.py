@@ -5,7 +5,7 @@ Layout. The expert axis has X ranks; rank r holds experts [r·E/X, (r+1)·E/X). 
 group g (router.limit_groups) is experts [g·E/G, (g+1)·E/G). Groups are ALIGNED with nodes when every node
 holds whole groups (G % n_nodes == 0): then a token that keeps M groups reaches at most M nodes, which is
 DeepSeek-V3's node-limited routing ("each token is sent to at most M = 4 nodes", V3 report §2.1.2, with one
-group per node; REFERENCE §4).
+group per node; docs/paper.md §4).
 
 Traffic model. DeepSeek's dispatch (V3 report §3.2.2; DeepEP) sends a token ONCE to each remote node it
 needs, over IB to the rank with its own local index there, and forwards it over NVLink inside the node to
@@ -14,7 +14,7 @@ the other ranks holding its experts; combine is the same path reversed. Per toke
     cross-node copies = |nodes(t) \\ {node(s)}|
     intra-node copies = |ranks(t) \\ landing ranks|,   landing = s in node(s), rank node·R + s % R elsewhere
 
-(R ranks per node). Node-limited routing bounds the first by M. The XLA exchange in parallel/expert.py is
+(R ranks per node). Node-limited routing bounds the first by M. The XLA exchange in ep.py is
 flat instead: every (token, expert) assignment travels on its own, so it also reports the "flat" counts
 (assignments to other ranks of the same node / of other nodes), which node limiting does not reduce.
 Bytes = copies × payload bytes per token (routing ids/weights and the CPU path's capacity padding are not
@@ -24,7 +24,8 @@ counted). Legend: n tokens on this rank, k experts per token, X ranks, E experts
 from __future__ import annotations
 
 import jax.numpy as jnp
-import numpy as np
+
+from dsv3_jax.layers.moe import ep_payload
 
 # Columns of the comm-bytes vector an EP MoE layer returns (stats["comm_bytes"] [6], summed over ranks).
 COMM_FIELDS = ("dispatch_intra_node", "dispatch_cross_node", "combine_intra_node", "combine_cross_node",
@@ -67,15 +68,7 @@ def token_copies(experts, src_rank, n_experts: int, n_ranks: int, n_nodes: int):
 
 def payload_bytes(dim: int, payload: str, compute_itemsize: int) -> int:
     """Bytes one token's dispatch payload takes: D values plus per-128 scales (fp32) where quantized."""
-    tiles = -(-dim // 128)
-    if payload == "compute":
-        return dim * compute_itemsize
-    if payload == "fp8":
-        return dim + 4 * tiles  # E4M3 values + one fp32 dequant scale per 1x128 tile
-    if payload.startswith("logfmt"):
-        bits = int(payload[len("logfmt"):])
-        return dim * (1 if bits <= 8 else 2) + 8 * tiles  # codes + fp32 (lo, step) per tile
-    raise ValueError(f"ep_payload: unknown payload {payload!r}")
+    return ep_payload.EP_PAYLOADS.get(payload).token_bytes(dim, compute_itemsize)
 
 
 def comm_bytes(copies, dispatch_bytes: int, combine_bytes: int):
@@ -89,16 +82,3 @@ def comm_metrics(comm) -> dict:
     """{"comm_bytes/<field>": total over layers} from the model's aux["comm_bytes"] [L, 6]."""
     total = jnp.sum(comm, axis=0)
     return {f"comm_bytes/{name}": total[i] for i, name in enumerate(COMM_FIELDS)}
-
-
-def nodes_of_mesh(devices: np.ndarray, expert_dim: int) -> int:
-    """Nodes the expert axis spans in a device array: consecutive runs of one process along the axis
-    (checked equal); a single-process mesh is one node."""
-    line = np.moveaxis(devices, expert_dim, 0).reshape(devices.shape[expert_dim], -1)[:, 0]
-    procs = [d.process_index for d in line]
-    runs = 1 + sum(a != b for a, b in zip(procs, procs[1:]))
-    size = len(procs) // runs
-    if len(procs) % runs or any(procs[i] != procs[i - i % size] for i in range(len(procs))):
-        raise ValueError(f"expert axis: processes along it are {procs}; expected equal consecutive blocks "
-                         f"(one per node)")
-    return runs

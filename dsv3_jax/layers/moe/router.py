@@ -15,10 +15,25 @@ Legend: N tokens, D model dim, E routed experts, G groups, k experts per token.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from dsv3_jax.registry import Registry
+
+# ModelConfig.score_func: the affinity s of eq. 12 (V3: sigmoid; V2: softmax), computed in fp32.
+# `normalize`: divide the k selected scores by their sum (V3's sigmoid gate does; V2's softmax gate does not).
+
+
+class ScoreFunc(NamedTuple):
+    fn: Callable  # logits [N, E] -> affinities [N, E]
+    normalize: bool
+
+
+SCORE_FUNCS = Registry("score_func", "router score function")
+SCORE_FUNCS.register("sigmoid", ScoreFunc(jax.nn.sigmoid, normalize=True))
+SCORE_FUNCS.register("softmax", ScoreFunc(lambda logits: jax.nn.softmax(logits, axis=-1), normalize=False))
 
 
 class Routing(NamedTuple):
@@ -30,11 +45,7 @@ class Routing(NamedTuple):
 def affinities(x, gate_w, score_func: str):
     """s [N, E] in fp32 from x [N, D] and the gate kernel [D, E]."""
     logits = jnp.einsum("nd,de->ne", x.astype(jnp.float32), gate_w.astype(jnp.float32))
-    if score_func == "sigmoid":
-        return jax.nn.sigmoid(logits)
-    if score_func == "softmax":
-        return jax.nn.softmax(logits, axis=-1)
-    raise ValueError(f"score_func: expected 'sigmoid' or 'softmax', got {score_func!r}")
+    return SCORE_FUNCS.get(score_func).fn(logits)
 
 
 def limit_groups(sel, n_groups: int, topk_groups: int, top2_sum: bool):
@@ -59,7 +70,7 @@ def route(x, gate_w, bias, *, score_func: str, n_groups: int, topk_groups: int, 
         sel = limit_groups(sel, n_groups, topk_groups, top2_sum=bias is not None)
     _, idx = jax.lax.top_k(sel, k)
     w = jnp.take_along_axis(s, idx, axis=-1)
-    if score_func == "sigmoid":
+    if SCORE_FUNCS.get(score_func).normalize:
         w = w / jnp.sum(w, axis=-1, keepdims=True)
     return Routing(w * route_scale, idx.astype(jnp.int32), s)
 

@@ -1,5 +1,5 @@
 """Pipeline parallelism: schedules (1F1B, ZB1P, DualPipe, DualPipeV), a timeline simulator and a
-shard_map executor. Spec: REFERENCE §4 (github deepseek-ai/DualPipe; DeepSeek-V3 report Table 2).
+shard_map executor. Spec: docs/paper.md §4 (github deepseek-ai/DualPipe; DeepSeek-V3 report Table 2).
 
     from dsv3_jax.parallel.pipeline import make_schedule
     from dsv3_jax.parallel.pipeline.simulate import Durations, simulate

@@ -1,4 +1,4 @@
-"""The published comparison table (github deepseek-ai/DualPipe README; DeepSeek-V3 report Table 2; REFERENCE §4).
+"""The published comparison table (github deepseek-ai/DualPipe README; DeepSeek-V3 report Table 2; docs/paper.md §4).
 
 | method    | bubble               | params/device | activations/device | devices |
 | 1F1B      | (PP-1)(F+B)          | 1x            | PP                 | PP      |

@@ -22,7 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-STACKS = {"dense": "dense_layers", "moe": "moe_layers"}
+from dsv3_jax import param_tree as pt
+
+STACKS = {"dense": pt.DENSE, "moe": pt.MOE}  # stage slot kind -> the model's block stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +97,7 @@ def split_stages(layout: StageLayout, params, router, rows) -> tuple[dict, dict]
 def split_shared(params, router) -> tuple[dict, dict]:
     """(shared params, shared consts): everything outside the block stacks, and the MTP routers."""
     shared = {k: v for k, v in params.items() if k not in STACKS.values()}
-    return shared, {k: v for k, v in router.items() if k.startswith("mtp_")}
+    return shared, {k: v for k, v in router.items() if pt.is_mtp(k)}
 
 
 def merge_grads(layout: StageLayout, stage_grads, shared_grads, home) -> dict:
@@ -115,5 +117,5 @@ def merge_counts(layout: StageLayout, stage_counts, last_counts, home) -> dict:
     if "moe" in layout.slots and sum(layout.n_moe):
         stage, slot = layout.home_slot("moe")
         rows = jnp.asarray(np.asarray(home)[stage])
-        counts[STACKS["moe"]] = {"moe": {"bias": stage_counts[rows, jnp.asarray(slot)]}}
+        counts[STACKS["moe"]] = pt.nest((pt.MOE_FFN, pt.BIAS), stage_counts[rows, jnp.asarray(slot)])
     return counts

@@ -16,7 +16,7 @@ import numpy as np
 
 from dsv3_jax.parallel.pipeline.plan import COL, FWD_BWD, IDLE, SEND_LEFT, SEND_RIGHT, TickPlan
 from dsv3_jax.parallel.pipeline.stage_math import StageMath
-from dsv3_jax.parallel.pipeline.varying import vary
+from dsv3_jax.sharding import vary
 
 
 def _tick(math: StageMath, plan: TickPlan, axis_name: str):

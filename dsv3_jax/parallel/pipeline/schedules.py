@@ -3,7 +3,7 @@
 Sources: 1F1B is PipeDream-Flush (Narayanan et al. 2021, as in Megatron-LM); ZB1P is the handcrafted ZB-H1
 schedule of "Zero Bubble Pipeline Parallelism" (Qi et al. 2023); DualPipe and DualPipeV follow the 8-step
 per-rank order of github deepseek-ai/DualPipe (`dualpipe.py` / `dualpipev.py`, DeepSeek-V3 report §3.2.1,
-REFERENCE §4). Names, devices and the `pp` argument of `make_schedule` follow the README table: `pp` is the
+docs/paper.md §4). Names, devices and the `pp` argument of `make_schedule` follow the README table: `pp` is the
 number of pipeline stages the model is cut into; every schedule runs on `pp` ranks except DualPipeV, which
 runs the same `pp` stages on pp/2 ranks (two stages per rank in a V).
 """

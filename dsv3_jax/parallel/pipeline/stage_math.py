@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from dsv3_jax.parallel.pipeline.plan import COL
 from dsv3_jax.parallel.pipeline.residuals import Residuals
-from dsv3_jax.parallel.pipeline.varying import vary
+from dsv3_jax.sharding import vary
 
 
 def _read(buf, i):

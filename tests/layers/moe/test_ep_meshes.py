@@ -1,11 +1,11 @@
 """Expert parallelism on 8 fake CPU devices: forward and gradients of the model with the EP path active
 equal the single-device result (float32, max-abs error <= 1e-5 of the max-abs value) on the meshes
-data=8, expert=8, data=2 x expert=4 and fsdp=4 x expert=2 (REFERENCE §4: EP ranks are DP ranks)."""
+data=8, expert=8, data=2 x expert=4 and fsdp=4 x expert=2 (docs/paper.md §4: EP ranks are DP ranks)."""
 
 import json
 
 from tests.conftest import run_with_devices
-from tests.parallel.ep_helpers import FAST_XLA, SMALL_MOE
+from tests.layers.moe.ep_helpers import FAST_XLA, SMALL_MOE
 
 CODE = FAST_XLA + """
 import json, jax, jax.numpy as jnp, numpy as np, flax.linen as nn
@@ -19,9 +19,12 @@ boxed = jax.jit(dsv3_jax.DeepSeekV3(cfg).init)(jax.random.key(0), tokens)
 params = nn.unbox(boxed["params"])
 router = jax.tree.map(lambda b: jnp.asarray(rng.normal(size=b.shape) * 0.1, jnp.float32), boxed["router"])
 
-def make_loss(c):
+from dsv3_jax.layers.moe.ep import make_expert_parallel
+
+def make_loss(c, mesh=None):
+    model = dsv3_jax.DeepSeekV3(c, make_expert_parallel(c, mesh))
     def loss(p, x):
-        out = dsv3_jax.DeepSeekV3(c).apply({"params": p, "router": router}, x)
+        out = model.apply({"params": p, "router": router}, x)
         value = jnp.mean(jax.nn.logsumexp(out.logits, -1))
         return value, (out.logits, out.aux["comm_bytes"])
     return jax.value_and_grad(loss, has_aux=True)
@@ -35,11 +38,10 @@ for name, mesh_cfg, dispatch in [("data8", {"data": 8}, "all_to_all"), ("expert8
     mesh = sharding.make_mesh(mesh_cfg)
     p = jax.device_put(params, sharding.tree_shardings(boxed, mesh)["params"])
     x = jax.device_put(tokens, sharding.batch_sharding(mesh))
-    fn = make_loss(cfg.replace(ep_dispatch=dispatch))
-    with jax.set_mesh(mesh):
-        traced = jax.jit(fn).trace(p, x)
-        jaxpr = str(traced.jaxpr)
-        (_, (logits, comm)), grads = traced.lower().compile()(p, x)
+    fn = make_loss(cfg.replace(ep_dispatch=dispatch), mesh)  # explicit context: no ambient mesh needed
+    traced = jax.jit(fn).trace(p, x)
+    jaxpr = str(traced.jaxpr)
+    (_, (logits, comm)), grads = traced.lower().compile()(p, x)
     w1 = grads["moe_layers"]["moe"]["routed_experts"]["w1"]
     results[name] = dict(logits=rel(logits, ref_logits),
                          grads=max(rel(a, b) for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads))),

@@ -1,4 +1,4 @@
-"""Node-limited routing and the traffic counts (V3 report §2.1.2, §3.2.2; parallel/node_routing.py).
+"""Node-limited routing and the traffic counts (V3 report §2.1.2, §3.2.2; layers/moe/node_routing.py).
 
 The counts are checked against an independent per-token Python count of DeepSeek's two-hop dispatch (one
 IB copy per remote node, NVLink forwarding inside nodes). On 8 fake devices (expert=8, 4 "nodes" of 2 ranks,
@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dsv3_jax.parallel import node_routing
+from dsv3_jax.layers.moe import node_routing
 from tests.conftest import run_with_devices
-from tests.parallel.ep_helpers import FAST_XLA
+from tests.layers.moe.ep_helpers import FAST_XLA
 
 
 def two_hop_counts(experts, src, n_experts, n_ranks, n_nodes):
@@ -55,6 +55,7 @@ CODE = FAST_XLA + """
 import json, jax, jax.numpy as jnp, numpy as np
 from dsv3_jax import sharding
 from dsv3_jax.layers.moe import router
+from dsv3_jax.layers.moe.ep import make_expert_parallel
 from dsv3_jax.layers.moe.layer import MoE
 from tests.conftest import tiny_config
 mesh = sharding.make_mesh({"expert": 8})
@@ -65,8 +66,8 @@ for m in (2, 4):
     cfg = tiny_config(moe_impl="ep", ep_nodes=4, n_limited_groups=m)  # 8 experts, 4 groups, k=3
     variables = MoE(cfg).init(jax.random.key(0), x)
     variables["router"]["bias"] = jnp.asarray(rng.normal(size=8) * 0.1, jnp.float32)
-    with jax.set_mesh(mesh):
-        y, stats = jax.jit(MoE(cfg).apply)(variables, jax.device_put(x, sharding.batch_sharding(mesh, 3)))
+    ep = MoE(cfg, make_expert_parallel(cfg, mesh))
+    y, stats = jax.jit(ep.apply)(variables, jax.device_put(x, sharding.batch_sharding(mesh, 3)))
     y_local, _ = jax.jit(MoE(cfg).apply)(variables, x)
     p = variables["params"]
     r = router.route(x.reshape(-1, 32), p["gate"].value, variables["router"]["bias"], score_func="sigmoid",

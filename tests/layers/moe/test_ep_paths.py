@@ -5,13 +5,13 @@ quantized payloads (FP8 1x128 E4M3 with power-of-2 scales, LogFMT-8/10) and the 
 import json
 
 from tests.conftest import run_with_devices
-from tests.parallel.ep_helpers import FAST_XLA
+from tests.layers.moe.ep_helpers import FAST_XLA
 
 CODE = FAST_XLA + """
 import json, jax, jax.numpy as jnp, numpy as np
 from dsv3_jax import sharding
 from dsv3_jax.layers.moe import dispatch
-from dsv3_jax.parallel import expert
+from dsv3_jax.layers.moe.ep import make_expert_parallel, routed_experts_ep
 from tests.conftest import tiny_config
 rng = np.random.default_rng(0)
 n, k, e, d, f = 16, 3, 8, 32, 16
@@ -25,15 +25,18 @@ def loss_fn(cfg):
     if cfg is None:
         f_ = lambda x, w, ex, w1: dispatch.routed_experts_dense(x, w, ex, w1, w2, w3, jnp.float32)
     else:
-        f_ = lambda x, w, ex, w1: expert.routed_experts_ep(x, w, ex, w1, w2, w3, cfg)[0]
+        ctx = make_expert_parallel(cfg, MESH[0])
+        f_ = lambda x, w, ex, w1: routed_experts_ep(x, w, ex, w1, w2, w3, cfg, ctx)[0]
     def loss(x, w, ex, w1):
         y = f_(x, w, ex, w1)
         return jnp.sum(jnp.sin(y)), y
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 3), has_aux=True))
 
+MESH = [None]  # the mesh loss_fn builds its expert-parallel context for (explicit: no ambient mesh)
+
 def run(cfg, ex, mesh):
-    with jax.set_mesh(mesh):
-        (_, y), g = loss_fn(cfg)(jax.device_put(x, sharding.batch_sharding(mesh)), w, ex, w1)
+    MESH[0] = mesh
+    (_, y), g = loss_fn(cfg)(jax.device_put(x, sharding.batch_sharding(mesh)), w, ex, w1)
     return y, g
 
 out = {}
@@ -69,10 +72,10 @@ errors = []
 for cfg, xs in [(tiny_config(moe_impl="ep", ep_dispatch="ragged"), x[:6]),
                 (tiny_config(moe_impl="ep", n_routed_experts=6, n_expert_groups=1, n_limited_groups=1), x)]:
     try:
-        with jax.set_mesh(mesh):
-            jax.jit(lambda xs: expert.routed_experts_ep(xs, w[:len(xs)], ex[:len(xs)] % cfg.n_routed_experts,
-                                                        w1[:cfg.n_routed_experts], w2[:cfg.n_routed_experts],
-                                                        w3[:cfg.n_routed_experts], cfg))(xs)
+        ctx = make_expert_parallel(cfg, mesh)
+        jax.jit(lambda xs: routed_experts_ep(xs, w[:len(xs)], ex[:len(xs)] % cfg.n_routed_experts,
+                                             w1[:cfg.n_routed_experts], w2[:cfg.n_routed_experts],
+                                             w3[:cfg.n_routed_experts], cfg, ctx))(xs)
     except ValueError as err:
         errors.append(str(err))
 from dsv3_jax.parallel import layout

@@ -3,7 +3,7 @@
 `grad_cases`: the pipelined loss and gradients (parallel/pipeline/model_stages.py via
 train/pipeline_step.make_pipeline_loss) against `jax.value_and_grad` of the unpipelined model's training
 loss (train/step.loss_fn: CE + MTP + balance), with expert counts. `step_cases`: the pipelined train step
-on meshes of pipe × data/fsdp/expert (state sharded by parallel/layout.py; moe_impl="ep" for expert
+on meshes of pipe × data/fsdp/expert (state sharded by train/layout.py; moe_impl="ep" for expert
 parallelism inside the stages) against train/step.make_train_step on one device. Each prints one JSON object
 per case.
 """
@@ -107,7 +107,7 @@ def step_cases(cases, batch_size: int = 8, sgd: bool = False, n_layers: int = 4,
     AdamW, whose first update is about -lr·sign(gradient). Also counts the all_to_alls of the step's program
     (expert parallelism inside the stages)."""
     import optax
-    from dsv3_jax.parallel import layout
+    from dsv3_jax.train import layout
     from dsv3_jax.train import optim
     from dsv3_jax.train.state import TrainState
     cfg, params, router = tiny_model(n_layers, **overrides)

@@ -1,4 +1,4 @@
-"""Issue 6: the layout of expert parallelism inside pipeline stages (parallel/pipeline/model_experts.py) and its
+"""The layout of expert parallelism inside pipeline stages (parallel/pipeline/model_experts.py) and its
 config errors; in-process, no devices needed (the numerics: test_model_pipeline_ep_{4,8}dev.py)."""
 
 from types import SimpleNamespace
@@ -32,13 +32,14 @@ def test_split_over_a_non_batch_axis_is_refused():
 
 
 def test_expert_axes_only_with_ep_and_an_expert_axis():
-    mesh = lambda x: SimpleNamespace(shape={"pipe": 2, "expert": x})
-    assert pipeline_step._expert_axes(tiny_config(moe_impl="ep"), mesh(1)) is None
-    assert pipeline_step._expert_axes(tiny_config(moe_impl="blocked"), mesh(2)) is None
-    axes = pipeline_step._expert_axes(tiny_config(moe_impl="ep"), mesh(2))
+    mesh = lambda x: jax.sharding.AbstractMesh((2, x), ("pipe", "expert"))
+    assert pipeline_step._expert_parallel(tiny_config(moe_impl="ep"), mesh(1)) == (None, None)
+    assert pipeline_step._expert_parallel(tiny_config(moe_impl="blocked"), mesh(2)) == (None, None)
+    ctx, axes = pipeline_step._expert_parallel(tiny_config(moe_impl="ep"), mesh(2))
+    assert ctx.manual and ctx.n_ranks == 2 and ctx.local_experts(8) == 4  # the stages hold E/X experts
     assert axes("shared", [jax.tree_util.DictKey("routed_experts")]) == ("expert",)
     with pytest.raises(ValueError, match="n_routed_experts=8 is not divisible by the mesh's expert axis size 3"):
-        pipeline_step._expert_axes(tiny_config(moe_impl="ep"), mesh(3))
+        pipeline_step._expert_parallel(tiny_config(moe_impl="ep"), mesh(3))
 
 
 def test_per_tensor_delayed_fp8_still_refused():

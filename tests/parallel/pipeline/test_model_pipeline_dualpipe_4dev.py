@@ -1,4 +1,4 @@
-"""Issue 6 Must-show: DualPipe on 4 fake CPU devices with the tiny DeepSeek-V3's blocks as stages
+"""DualPipe on 4 fake CPU devices with the tiny DeepSeek-V3's blocks as stages
 (4 stages of 2 blocks: 1 dense + 7 MoE layers; embedding on the first stage; norm, head, MTP and loss on the
 last), chunks 8 and 10: the loss equals the unpipelined model's, the gradients
 match jax.grad of it (DualPipe's metric < 1e-10), the expert counts are equal. Float32: see model_checks.py."""

@@ -1,4 +1,4 @@
-"""Issue 6: expert parallelism inside the pipeline stages, DualPipe on pipe=2 × expert=2 (4 fake CPU devices).
+"""Expert parallelism inside the pipeline stages, DualPipe on pipe=2 × expert=2 (4 fake CPU devices).
 
 moe_impl="ep": each stage's routed experts (and the MTP module's) are split over the expert axis inside the
 executor's shard_map and the MoE layers exchange tokens by all_to_all over it (parallel/pipeline/

@@ -1,4 +1,4 @@
-"""Issue 6: expert parallelism and ZeRO inside the pipeline, DualPipe on pipe=2 × fsdp=2 × expert=2 (8 fake
+"""Expert parallelism and ZeRO inside the pipeline, DualPipe on pipe=2 × fsdp=2 × expert=2 (8 fake
 CPU devices): as test_model_pipeline_ep_4dev.py, with the state (params and the optimizer moment) sharded over
 fsdp by parallel/layout.py outside the executor, where the optimizer update runs under GSPMD, and the batch
 split over fsdp × expert inside it.

@@ -1,4 +1,4 @@
-"""Issue 6 item 4: the pipelined train step (train/pipeline_step.py) equals train/step.make_train_step.
+"""The pipelined train step (train/pipeline_step.py) equals train/step.make_train_step.
 
 One optimizer step of the tiny DeepSeek-V3 (4 layers, batch 16) from the same state, run as train/loop.py
 runs it (state shardings of parallel/layout.py, inside jax.set_mesh): 1F1B on a mesh pipe=4, and DualPipeV on

@@ -55,7 +55,7 @@ def test_placement_of_stages():
 
 
 def test_dualpipe_rank0_matches_published_steps():
-    """PP=4, 8 chunks (C=4, H=2), rank 0 (half_rank 0): REFERENCE §4 / DualPipe `step`, written out by hand.
+    """PP=4, 8 chunks (C=4, H=2), rank 0 (half_rank 0): docs/paper.md §4 / DualPipe `step`, written out by hand.
 
     (1) 2xF0  (2) 1x(F0,F1)  (3) 1x(B1 W-deferred, W, F1)  (4) 1x(F0&B1, F1&B0)  (5) 1x(B1, F1&B0)
     (6) 1x(B1, B0 W-deferred)  (7) 1x(W, B0 W-deferred)  (8) 1x W. Direction 1 micro-batches are 4..7 and

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from dsv3_jax.parallel.pipeline import Op, Schedule, make_schedule
-from dsv3_jax.parallel.pipeline.simulate import Durations, main, run_cli, simulate
+from dsv3_jax.cli.pipeline_sim import main, run_cli
+from dsv3_jax.parallel.pipeline.simulate import Durations, simulate
 
 # Published table, written out independently of formulas.py.
 BUBBLE = {

@@ -1,0 +1,1 @@
+"""Scripts that measure or check on real hardware; not part of the dsv3_jax package."""
