@@ -1,6 +1,7 @@
-"""Every trainable config decodes through the one forward: for each expert backend, FP8 recipe and attention
-kind, prefill + decode_step logits equal the full forward DeepSeekV3.apply at every position (float32, tight
-tolerance), and greedy generation gives exactly the tokens of greedy decoding with the full forward."""
+"""Every trainable config decodes through the one forward: for V3- and V2-like models with either cache layout,
+each expert backend, FP8 recipe and attention kind, prefill + decode_step logits equal the full forward
+DeepSeekV3.apply at every position for prompts of mixed lengths (float32, tight tolerance), and greedy
+generation gives exactly the tokens of greedy decoding with the full forward."""
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,11 @@ LENGTHS = np.array([5, 1, 9])  # right-padded prompts of mixed lengths, width 9
 STEPS, NEW = 3, 6
 
 CASES = {  # name: (ModelConfig overrides, cache layout absorb=...)
+    "v3-latent": (dict(), True),
+    "v3-per-head": (dict(), False),
+    # no dense layer, no q compression, softmax router without bias, one expert group
+    "v2-like": (dict(q_lora_rank=0, n_dense_layers=0, n_layers=2, score_func="softmax", router_bias=False,
+                     n_expert_groups=1, n_limited_groups=1), True),
     "moe-dense": (dict(moe_impl="dense"), True),
     "moe-blocked": (dict(moe_impl="blocked"), True),
     "moe-ragged": (dict(moe_impl="ragged"), True),
