@@ -28,12 +28,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dsv3_jax import param_tree as pt
+from dsv3_jax import sharding
 from dsv3_jax.config import ModelConfig
 from dsv3_jax.layers.attention_core import causal_mask
 from dsv3_jax.layers.block import Block, run_stack
 from dsv3_jax.layers.kv_cache import CacheSlot, KVCache, cache_mask
 from dsv3_jax.layers.linear import Embed, Head, checked_tokens
-from dsv3_jax.layers.moe.ep import ExpertParallel
+from dsv3_jax.layers.moe.ep import ExpertParallel, activation_mesh
 from dsv3_jax.layers.mtp import MTPModule, tokens_ahead
 from dsv3_jax.layers.norms import RMSNorm
 from dsv3_jax.layers.resolve import resolve_config
@@ -65,11 +66,12 @@ class DeepSeekV3(nn.Module):
         dt = jnp.dtype(c.dtype)
         # Attribute names are the parameter tree's group names (param_tree.EMBED, DENSE, MOE, NORM, HEAD,
         # mtp_name(k)); tests/test_param_tree.py checks that they agree.
-        self.embed = Embed(c.vocab_size, c.dim, c.init_std, dt)
+        mesh = activation_mesh(self.parallel)  # activations constrained, weights gathered at use (sharding.py)
+        self.embed = Embed(c.vocab_size, c.dim, c.init_std, dt, mesh)
         self.dense_layers = Block(c, False, self.parallel) if c.n_dense_layers else None
         self.moe_layers = Block(c, True, self.parallel) if c.n_moe_layers else None
         self.norm = RMSNorm(c.norm_eps)
-        self.head = Head(c.vocab_size, c.init_std, dt)
+        self.head = Head(c.vocab_size, c.init_std, dt, mesh)
         self.mtp = [MTPModule(c, self.parallel) for _ in range(c.mtp_depth)]
 
     def __call__(self, tokens, positions=None, segment_ids=None) -> ModelOutput:
@@ -92,9 +94,13 @@ class DeepSeekV3(nn.Module):
         mtp = jnp.stack(mtp_logits) if mtp_logits else jnp.zeros((0, b, t, c.vocab_size), jnp.float32)
         return ModelOutput(logits=logits, mtp_logits=mtp, aux=model_aux(stats, mtp_stats), hidden=x)
 
+    def _act(self, x, names=sharding.BATCH_SEQ_EMBED):
+        """x constrained to the activation layout `names` (batch over the batch axes; sharding.py)."""
+        return sharding.constrain(x, names, activation_mesh(self.parallel))
+
     def embed_tokens(self, tokens):
         """Emb(tokens) [B,T,D] in the compute dtype (kept out of FP8, V3 report §3.3)."""
-        return self.embed(checked_tokens(tokens))
+        return self._act(self.embed(checked_tokens(tokens)))
 
     def run_blocks(self, x, positions, mask, cache: dict | None = None, lengths: dict | None = None,
                    n_active: dict | None = None):
@@ -118,13 +124,13 @@ class DeepSeekV3(nn.Module):
 
     def final_logits(self, h):
         """fp32 logits [..., V] = Head(norm(h)) (the head stays in high precision, V3 report §3.3)."""
-        return self.head(self.norm(h))
+        return self._act(self.head(self.norm(self._act(h))), sharding.BATCH_SEQ_VOCAB)
 
     def mtp_module(self, k: int, h, tokens_ahead_k, positions, mask, cache: CacheSlot | None = None):
         """MTP module k (0-based) on the previous depth's hidden h [B,T,D] and tokens t_{i+k+1} [B,T] ->
         (h^{k+1}, logits [B,T,V] predicting t_{i+k+2}, MoE stats, cache)."""
         h, h_normed, stats, cache = self.mtp[k](h, self.embed(tokens_ahead_k), positions, mask, cache)
-        return h, self.head(h_normed), stats, cache
+        return h, self._act(self.head(h_normed), sharding.BATCH_SEQ_VOCAB), stats, cache
 
     def extend(self, tokens, cache: KVCache):
         """The cached forward: tokens [B,T] at positions cache.lengths[b] + t, their KV entries written into

@@ -30,7 +30,24 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("vocab", "tensor"),
     ("layers", None),
     ("stage", "pipe"),
+) + (
+    # Activations have their own logical names (as MaxText's activation_batch / activation_embed / ...), distinct
+    # from the parameters', so a ZeRO-sharded weight dim (embed -> fsdp) never leaks into an activation: without
+    # them GSPMD propagates the weights' layout into the activations and replicates to resolve the conflict
+    # (docs/paper.md §8). Layers constrain their inputs and outputs with these names (`constrain`).
+    ("activation_batch", ("data", "fsdp", "expert")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    ("activation_kv", None),
 )
+
+# The logical names of the activations at layer boundaries (constrain's `names`).
+BATCH_SEQ_EMBED = ("activation_batch", "activation_length", "activation_embed")  # hidden states [B, T, D]
+TOKENS_EMBED = ("activation_batch", "activation_embed")  # flattened tokens [B·T, D] (MoE layers)
+BATCH_SEQ_VOCAB = ("activation_batch", "activation_length", "activation_vocab")  # logits [B, T, V]
 
 
 def mesh_shape(mesh_cfg: Mapping[str, int], n_devices: int) -> dict[str, int]:
@@ -69,6 +86,50 @@ def make_mesh(mesh_cfg: Mapping[str, int] | None = None, devices=None) -> Mesh:
 def logical_spec(names) -> P:
     """PartitionSpec of a tuple of logical names under LOGICAL_RULES."""
     return nn.logical_to_mesh_axes(tuple(names), LOGICAL_RULES)
+
+
+def divisible_spec(shape, names, mesh: Mesh) -> P:
+    """logical_spec(names) for an array of `shape` on `mesh`, keeping of each dim's mesh axes the longest prefix
+    whose sizes divide that dim (a batch of 2 on 8 batch shards is split 2 ways, not refused)."""
+    sizes = dict(mesh.shape)
+    out = []
+    for dim, axes in zip(shape, tuple(logical_spec(names)) + (None,) * (len(shape) - len(names))):
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        keep, prod = [], 1
+        for a in axes:
+            if dim % (prod * sizes.get(a, 1)):
+                break
+            keep.append(a)
+            prod *= sizes.get(a, 1)
+        out.append(None if not keep else keep[0] if len(keep) == 1 else tuple(keep))
+    return P(*out)
+
+
+def constrain(x, names, mesh: Mesh | None):
+    """x laid out by the logical `names` of its dims on `mesh` (a sharding constraint at a layer boundary);
+    unchanged without a mesh (one device, or inside a shard_map, where the context carries none)."""
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, divisible_spec(x.shape, names, mesh)))
+
+
+# Mesh axes a weight is split over between uses only (ZeRO-3: fsdp): a layer gathers them where it multiplies
+# the weight (`weight_at_use`), and the backward reduce-scatters the gradient back to the stored layout.
+ZERO_AXES = ("fsdp",)
+
+
+def weight_at_use(w, names, mesh: Mesh | None):
+    """Weight w (logical `names`) as its layer multiplies it: its ZeRO_AXES split gathered, its other splits
+    (experts over `expert`, heads over `tensor`) kept. Without it GSPMD carries the model-dim split of the
+    weights into the activations' gradients and replicates them (docs/paper.md §8). Unchanged without a mesh."""
+    if mesh is None:
+        return w
+    spec = []
+    for axes in tuple(logical_spec(names)) + (None,) * (w.ndim - len(names)):
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        axes = tuple(a for a in axes if a not in ZERO_AXES)
+        spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return jax.lax.with_sharding_constraint(w, NamedSharding(mesh, P(*spec)))
 
 
 def tree_shardings(boxed_tree, mesh: Mesh):
@@ -128,3 +189,4 @@ def vary_like(tree, *refs):
     """`tree` cast to vary over every axis any of `refs` varies over."""
     axes = frozenset().union(*(varying_axes(r) for r in jax.tree.leaves(refs)))
     return vary(tree, tuple(sorted(axes)))
+

@@ -30,9 +30,10 @@ ATTENTIONS.register("mha", AttentionKind(baseline_attention.GQA, False, baseline
 ATTENTIONS.register("gqa", AttentionKind(baseline_attention.GQA, False, baseline_attention.cache_entries))
 
 
-def attention_module(cfg):
-    """The attention module of a Block, named as the parameter tree expects."""
-    return ATTENTIONS.get(cfg.attention).module(cfg, name=param_tree.ATTN)
+def attention_module(cfg, mesh=None):
+    """The attention module of a Block, named as the parameter tree expects; `mesh`: the activation mesh its
+    weights are gathered on at use (None: one device)."""
+    return ATTENTIONS.get(cfg.attention).module(cfg, mesh=mesh, name=param_tree.ATTN)
 
 
 def default_latent(cfg) -> bool:

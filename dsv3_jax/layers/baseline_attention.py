@@ -9,12 +9,14 @@ Legend: B batch, T/S positions, D model dim, H query heads, G kv heads, K qk hea
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
 from dsv3_jax.layers import attention_core
 from dsv3_jax.layers.kv_cache import CacheSlot
-from dsv3_jax.layers.linear import fp8_kernel, matmul_fn, normal_init
+from dsv3_jax.layers.linear import fp8_kernel, matmul_fn, normal_init, weight
 from dsv3_jax.layers.rope import apply_rope, rope_frequencies
 
 
@@ -48,6 +50,7 @@ class GQA(nn.Module):
     """Holds wq [D,H·K], wk [D,G·K], wv [D,G·V], wo [H·V,D]."""
 
     cfg: "object"
+    mesh: Any = None  # the activation mesh: weights gathered at use (linear.weight)
 
     @nn.compact
     def __call__(self, x, positions, mask, cache: CacheSlot | None = None):
@@ -55,8 +58,7 @@ class GQA(nn.Module):
         h, g, k, v = c.n_heads, c.kv_heads, c.qk_head_dim, c.v_head_dim
 
         def w(name, shape, axes):
-            kernel = self.param(name, nn.with_logical_partitioning(normal_init(c.init_std), axes), shape, jnp.float32)
-            return fp8_kernel(self, name, kernel, c)
+            return fp8_kernel(self, name, weight(self, name, shape, axes, normal_init(c.init_std), self.mesh), c)
 
         p = {"wq": w("wq", (c.dim, h * k), ("embed", "heads")),
              "wk": w("wk", (c.dim, g * k), ("embed", "heads")),

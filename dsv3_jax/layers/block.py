@@ -24,7 +24,7 @@ from dsv3_jax.layers.attention import attention_module
 from dsv3_jax.layers.kv_cache import CacheSlot
 from dsv3_jax.layers.mlp import MLP
 from dsv3_jax.layers.moe import node_routing
-from dsv3_jax.layers.moe.ep import ExpertParallel
+from dsv3_jax.layers.moe.ep import ExpertParallel, activation_mesh
 from dsv3_jax.layers.moe.layer import MoE
 from dsv3_jax.layers.norms import RMSNorm
 from dsv3_jax.registry import Registry
@@ -54,14 +54,18 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, positions, mask, cache: CacheSlot | None = None):
         c = self.cfg
-        a, cache = attention_module(c)(RMSNorm(c.norm_eps, name=pt.ATTN_NORM)(x), positions, mask, cache)
-        x = x + a
+        # The residual stream keeps the batch layout at every sub-layer boundary (sharding.BATCH_SEQ_EMBED).
+        mesh = activation_mesh(self.parallel)
+        act = lambda v: sharding.constrain(v, sharding.BATCH_SEQ_EMBED, mesh)
+        x = act(x)
+        a, cache = attention_module(c, mesh)(RMSNorm(c.norm_eps, name=pt.ATTN_NORM)(x), positions, mask, cache)
+        x = act(x + a)
         h = RMSNorm(c.norm_eps, name=pt.FFN_NORM)(x)
         if self.moe:
             y, stats = MoE(c, self.parallel, name=pt.MOE_FFN)(h)
         else:
-            y, stats = MLP(c, c.inter_dim, name=pt.MLP)(h), {}
-        return x + y, stats, cache
+            y, stats = MLP(c, c.inter_dim, mesh, name=pt.MLP)(h), {}
+        return act(x + y), stats, cache
 
 
 def _zero_stats(cfg, moe: bool, x):

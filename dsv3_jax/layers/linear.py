@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dsv3_jax import param_tree as pt
+from dsv3_jax import sharding
 from dsv3_jax.quant.fp8_delayed import init_delayed_meta
 from dsv3_jax.quant.recipe import FP8_RECIPES, make_matmul, make_ragged_dot, make_operand_views
 
@@ -85,6 +86,13 @@ def normal_init(std: float):
     return nn.initializers.normal(stddev=std)
 
 
+def weight(module: nn.Module, name: str, shape, axes, init, mesh=None):
+    """A float32 parameter with logical axis names `axes`, as the layer multiplies it: on a mesh, its ZeRO
+    split gathered at use (sharding.weight_at_use); `mesh` is the layer's activation mesh (None: one device)."""
+    w = module.param(name, nn.with_logical_partitioning(init, tuple(axes)), shape, jnp.float32)
+    return sharding.weight_at_use(w, tuple(axes), mesh)
+
+
 class Linear(nn.Module):
     """y = x · W with W [in, out] carrying logical axis names `axes`."""
 
@@ -92,11 +100,12 @@ class Linear(nn.Module):
     axes: Sequence[str | None]
     init_std: float
     dtype: jnp.dtype = jnp.float32
+    mesh: Any = None  # the activation mesh: weights gathered at use (linear.weight)
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", nn.with_logical_partitioning(normal_init(self.init_std), tuple(self.axes)),
-                            (x.shape[-1], self.features), jnp.float32)
+        kernel = weight(self, "kernel", (x.shape[-1], self.features), self.axes, normal_init(self.init_std),
+                        self.mesh)
         return matmul(x, kernel, self.dtype)
 
 
@@ -107,11 +116,11 @@ class Embed(nn.Module):
     dim: int
     init_std: float
     dtype: jnp.dtype = jnp.float32
+    mesh: Any = None  # the activation mesh: the table gathered at use (linear.weight)
 
     def setup(self):
-        self.embedding = self.param(
-            "embedding", nn.with_logical_partitioning(normal_init(self.init_std), ("vocab", "embed")),
-            (self.vocab_size, self.dim), jnp.float32)
+        self.embedding = weight(self, "embedding", (self.vocab_size, self.dim), ("vocab", "embed"),
+                                normal_init(self.init_std), self.mesh)
 
     def __call__(self, tokens: jnp.ndarray) -> jnp.ndarray:
         return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
@@ -123,11 +132,12 @@ class Head(nn.Module):
     vocab_size: int
     init_std: float
     dtype: jnp.dtype = jnp.float32
+    mesh: Any = None  # the activation mesh: the kernel gathered at use (linear.weight)
 
     @nn.compact
     def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
-        kernel = self.param("kernel", nn.with_logical_partitioning(normal_init(self.init_std), ("embed", "vocab")),
-                            (h.shape[-1], self.vocab_size), jnp.float32)
+        kernel = weight(self, "kernel", (h.shape[-1], self.vocab_size), ("embed", "vocab"),
+                        normal_init(self.init_std), self.mesh)
         return jnp.einsum("...d,dv->...v", h.astype(self.dtype), kernel.astype(self.dtype),
                           preferred_element_type=jnp.float32)
 

@@ -19,7 +19,7 @@ R rope dim, K = N + R qk head dim, V value head dim, C kv latent (kv_lora_rank),
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from dsv3_jax.layers import attention_core
 from dsv3_jax.layers.kv_cache import CacheSlot
-from dsv3_jax.layers.linear import fp8_kernel, kernel_of, matmul_fn, normal_init, operand_views_fn
+from dsv3_jax.layers.linear import fp8_kernel, kernel_of, matmul_fn, normal_init, operand_views_fn, weight
 from dsv3_jax.layers.norms import rms_norm
 from dsv3_jax.layers.rope import apply_rope, frequencies_for
 
@@ -141,14 +141,14 @@ class MLA(nn.Module):
     """Holds MLA's projections (official names wq_a/q_norm/wq_b or wq, wkv_a/kv_norm/wkv_b, wo)."""
 
     cfg: "object"
+    mesh: Any = None  # the activation mesh: weights gathered at use (linear.weight)
 
     def setup(self):
         c = self.cfg
         h, k = c.n_heads, c.qk_head_dim
 
         def w(name, shape, axes, init=None):
-            init = init or normal_init(c.init_std)
-            return self.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+            return weight(self, name, shape, axes, init or normal_init(c.init_std), self.mesh)
 
         p = {}
         if c.q_lora_rank:

@@ -6,11 +6,13 @@ Legend: D model dim, F hidden dim.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dsv3_jax.layers.linear import fp8_kernel, matmul_fn, normal_init
+from dsv3_jax.layers.linear import fp8_kernel, matmul_fn, normal_init, weight
 
 
 def swiglu(x, w1, w2, w3, mm):
@@ -23,14 +25,14 @@ class MLP(nn.Module):
 
     cfg: "object"
     hidden: int
+    mesh: Any = None  # the activation mesh: weights gathered at use (linear.weight)
 
     @nn.compact
     def __call__(self, x):
         c, f = self.cfg, self.hidden
 
         def w(name, shape, axes):
-            kernel = self.param(name, nn.with_logical_partitioning(normal_init(c.init_std), axes), shape, jnp.float32)
-            return fp8_kernel(self, name, kernel, c)
+            return fp8_kernel(self, name, weight(self, name, shape, axes, normal_init(c.init_std), self.mesh), c)
 
         w1 = w("w1", (c.dim, f), ("embed", "mlp"))
         w2 = w("w2", (f, c.dim), ("mlp", "embed"))

@@ -15,10 +15,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dsv3_jax import param_tree as pt
+from dsv3_jax import sharding
 from dsv3_jax.layers.block import Block
 from dsv3_jax.layers.kv_cache import CacheSlot
 from dsv3_jax.layers.linear import Linear
-from dsv3_jax.layers.moe.ep import ExpertParallel
+from dsv3_jax.layers.moe.ep import ExpertParallel, activation_mesh
 from dsv3_jax.layers.norms import RMSNorm
 
 
@@ -33,9 +34,11 @@ class MTPModule(nn.Module):
         """h [B,T,D] (previous depth's hidden), emb_ahead [B,T,D] = Emb(t_{i+k}) -> (h^k, norm(h^k), stats,
         cache)."""
         c = self.cfg
-        x = jnp.concatenate([RMSNorm(c.norm_eps, name=pt.ENORM)(emb_ahead),
-                             RMSNorm(c.norm_eps, name=pt.HNORM)(h)], axis=-1)
-        x = Linear(c.dim, (None, "embed"), c.init_std, jnp.dtype(c.dtype), name=pt.EH_PROJ)(x)
+        mesh = activation_mesh(self.parallel)
+        act = lambda v: sharding.constrain(v, sharding.BATCH_SEQ_EMBED, mesh)
+        x = jnp.concatenate([RMSNorm(c.norm_eps, name=pt.ENORM)(act(emb_ahead)),
+                             RMSNorm(c.norm_eps, name=pt.HNORM)(act(h))], axis=-1)
+        x = act(Linear(c.dim, (None, "embed"), c.init_std, jnp.dtype(c.dtype), mesh, name=pt.EH_PROJ)(x))
         x, stats, cache = Block(c, c.n_moe_layers > 0, self.parallel, name=pt.MTP_BLOCK)(x, positions, mask, cache)
         return x, RMSNorm(c.norm_eps, name=pt.MTP_NORM)(x), stats, cache
 

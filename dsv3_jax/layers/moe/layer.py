@@ -15,11 +15,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dsv3_jax import param_tree as pt
-from dsv3_jax.layers.linear import fp8_kernel, grouped_matmul_fn, normal_init
+from dsv3_jax import sharding
+from dsv3_jax.layers.linear import fp8_kernel, grouped_matmul_fn, normal_init, weight
 from dsv3_jax.layers.mlp import MLP
 from dsv3_jax.layers.moe import experts as expert_backends
 from dsv3_jax.layers.moe import router
-from dsv3_jax.layers.moe.ep import ExpertParallel
+from dsv3_jax.layers.moe.ep import ExpertParallel, activation_mesh
 from dsv3_jax.layers.resolve import resolve_config
 
 ROUTER_COLLECTION = pt.ROUTER
@@ -40,8 +41,7 @@ class RoutedExperts(nn.Module):
         backend = expert_backends.backend(c.moe_impl)
 
         def w(name, shape, axes):
-            kernel = self.param(name, nn.with_logical_partitioning(normal_init(c.init_std), axes), shape,
-                                jnp.float32)
+            kernel = weight(self, name, shape, axes, normal_init(c.init_std), activation_mesh(self.parallel))
             return fp8_kernel(self, name, kernel, c) if backend.delayed_fp8 else kernel
 
         w1 = w("w1", (e, d, f), ("expert", "embed", "mlp"))
@@ -62,17 +62,18 @@ class MoE(nn.Module):
     def __call__(self, x):
         c = self.cfg
         b, t, d = x.shape
-        gate_w = self.param(pt.GATE, nn.with_logical_partitioning(normal_init(c.init_std), ("embed", None)),
-                            (d, c.n_routed_experts), jnp.float32)
+        mesh = activation_mesh(self.parallel)
+        gate_w = weight(self, pt.GATE, (d, c.n_routed_experts), ("embed", None), normal_init(c.init_std), mesh)
         bias = None
         if c.router_bias:
             bias = self.variable(pt.ROUTER, pt.BIAS, jnp.zeros, (c.n_routed_experts,), jnp.float32).value
-        tokens = x.reshape(b * t, d)
+        # Tokens stay split over the batch axes (they are the batch's rows, flattened).
+        tokens = sharding.constrain(x.reshape(b * t, d), sharding.TOKENS_EMBED, mesh)
         r = router.route(tokens, gate_w, bias, score_func=c.score_func, n_groups=c.n_expert_groups,
                          topk_groups=c.n_limited_groups, k=c.n_activated_experts, route_scale=c.route_scale)
         y, comm = RoutedExperts(c, self.parallel, name=pt.ROUTED)(tokens, r.weights, r.experts)
         if c.n_shared_experts:
-            y = y + MLP(c, c.n_shared_experts * c.moe_inter_dim, name=pt.SHARED)(tokens)
+            y = y + MLP(c, c.n_shared_experts * c.moe_inter_dim, mesh, name=pt.SHARED)(tokens)
         f, p = router.balance_terms(r.scores.reshape(b, t, -1), r.experts.reshape(b, t, -1),
                                     c.n_routed_experts, c.n_activated_experts)
         stats = {"counts": router.expert_counts(r.experts, c.n_routed_experts), "balance_f": f, "balance_p": p}
