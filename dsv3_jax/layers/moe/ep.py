@@ -33,6 +33,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from dsv3_jax import sharding
 from dsv3_jax.layers.moe import dispatch, ep_exchange, ep_payload, node_routing
+from dsv3_jax.layers.moe import ep_rounds  # noqa: F401  (registers the "rounds" exchange)
 
 log = logging.getLogger("dsv3_jax")
 NATIVE_RAGGED_PLATFORMS = ("gpu", "cuda", "rocm", "tpu")  # jax.lax.ragged_all_to_all is implemented there
@@ -51,6 +52,9 @@ class ExpertParallel:
     native_collectives: bool = False  # the platform has jax.lax.ragged_all_to_all (else it is emulated)
     local_impl: str = "ragged"  # dispatch.py backend for a rank's own experts: "ragged" or "blocked"
     manual: bool = False  # already inside a shard_map manual over `axis` (pipeline stages)
+    # The mesh the model constrains its activations on at layer boundaries (sharding.constrain), given whenever
+    # the set-up code has a mesh, expert parallelism or not; None inside a shard_map (nothing to constrain).
+    activation_mesh: Mesh | None = None
 
     def local_experts(self, n_experts: int) -> int:
         """Experts a RoutedExperts module declares: E/X inside a manual shard_map, else all E."""
@@ -58,7 +62,12 @@ class ExpertParallel:
 
     def inside_shard_map(self) -> "ExpertParallel":
         """The same context, for code that runs inside a shard_map manual over the expert axis."""
-        return dataclasses.replace(self, manual=True)
+        return dataclasses.replace(self, manual=True, activation_mesh=None)
+
+
+def activation_mesh(ctx: ExpertParallel | None) -> Mesh | None:
+    """The mesh activations are constrained on (sharding.constrain) under the context `ctx` (None: none)."""
+    return None if ctx is None else ctx.activation_mesh
 
 
 def local_backend(platform: str, fp8: str = "none") -> str:
@@ -76,13 +85,14 @@ def make_expert_parallel(cfg, mesh: Mesh | None = None, *, platform: str | None 
     platform = platform or jax.default_backend()
     native = platform in NATIVE_RAGGED_PLATFORMS
     local = local_backend(platform, cfg.fp8)
+    acts = None if manual else mesh
     if cfg.moe_impl != "ep":
-        return ExpertParallel(native_collectives=native, local_impl=local)
+        return ExpertParallel(native_collectives=native, local_impl=local, activation_mesh=acts)
     axis = sharding.expert_axis()
     n_ranks = 1 if mesh is None else dict(mesh.shape).get(axis, 1)
     exchange = ep_exchange.resolve_exchange(cfg.ep_dispatch, n_ranks, native)
     if exchange == "local":
-        return ExpertParallel(native_collectives=native, local_impl=local)
+        return ExpertParallel(native_collectives=native, local_impl=local, activation_mesh=acts)
     if mesh is None:
         mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
     nodes = n_nodes or cfg.ep_nodes or 1
@@ -90,7 +100,7 @@ def make_expert_parallel(cfg, mesh: Mesh | None = None, *, platform: str | None 
     batch = sharding.batch_axes()
     if axis not in batch:
         raise ValueError(f"expert parallelism needs the expert axis {axis!r} among the batch axes {batch}")
-    ctx = ExpertParallel(mesh, axis, batch, n_ranks, nodes, exchange, native, local, manual)
+    ctx = ExpertParallel(mesh, axis, batch, n_ranks, nodes, exchange, native, local, manual, acts)
     _log_once(ctx)
     return ctx
 
