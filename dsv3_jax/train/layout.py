@@ -1,15 +1,25 @@
 """The training layout: the train state's shardings and the global batch (DeepSeek-V3: ZeRO-1 data parallelism
-with 64-way expert parallelism, docs/paper.md §4).
+with 64-way expert parallelism and 16-way pipeline parallelism, docs/paper.md §4).
 
-Params and optimizer state are placed by their logical axis names (sharding.LOGICAL_RULES: experts over
-`expert`, the model dim over `fsdp` = ZeRO), the router biases and scalars are replicated, and each process's
-rows of the batch become one global array. With a pipeline (mesh pipe > 1) the same shardings hold: the rules
-never name `pipe` for a state leaf (`layers` is replicated), so every pipeline rank keeps the fsdp/expert shard
-of every layer, and the optimizer update runs on that ZeRO layout outside the executor; train/pipeline_step.py
-lays the block stacks out per (rank, slot) for the executor (GSPMD gathers them from this layout).
+Params start from their logical axis names (sharding.LOGICAL_RULES: experts over `expert`, the model dim over
+`fsdp`), and then every state leaf is completed so no device keeps a copy it does not need:
+
+    params   ZeRO-3 over `fsdp`: a leaf the rules leave unsplit over fsdp (wq_b, wkv_b: no `embed` dim) is split
+             on its largest divisible dim. With a pipeline (mesh pipe > 1) also over pipe and the data-parallel
+             axes (data, and expert for non-expert leaves): between steps the fp32 master weights live sharded
+             over the whole mesh, and each step gathers a stage's working weights once (the all-gather ZeRO-1
+             does after its update) — otherwise every pipeline rank would keep all 61 layers.
+    moments  the params' split plus ZeRO-1 over the data-parallel axes (data; expert for non-expert leaves,
+             whose replicas the expert ranks are).
+    the rest (router biases, step, rng, FP8 histories) replicated.
+
+Each process's rows of the batch become one global array. The pipelined step (train/pipeline_step.py) lays
+the block stacks out per (rank, slot) for its executor from this layout (GSPMD gathers them).
 """
 
 from __future__ import annotations
+
+import math
 
 import flax.linen as nn
 import jax
@@ -22,13 +32,52 @@ from dsv3_jax import sharding
 from dsv3_jax.train.state import TrainState
 
 
+def _completed(spec: P, shape, add: tuple[str, ...], sizes: dict[str, int]) -> P:
+    """`spec` with every mesh axis of `add` it does not use yet put on the largest dim it still divides."""
+    dims = [() if a is None else (a,) if isinstance(a, str) else tuple(a) for a in tuple(spec)]
+    dims += [()] * (len(shape) - len(dims))
+    used = {a for d in dims for a in d}
+    for axis in add:
+        if axis in used or sizes.get(axis, 1) == 1:
+            continue
+        split = [math.prod(sizes[a] for a in d) for d in dims]
+        fits = [i for i, n in enumerate(shape) if n % (split[i] * sizes[axis]) == 0]
+        if fits:
+            i = max(fits, key=lambda i: shape[i] // split[i])
+            dims[i] += (axis,)
+            used.add(axis)
+    return P(*[None if not d else d[0] if len(d) == 1 else d for d in dims])
+
+
+def _leaf_axes(names, pipelined: bool, moment: bool) -> tuple[str, ...]:
+    """The mesh axes a state leaf with logical `names` is split over beyond its rules (module docstring)."""
+    routed = "expert" in names
+    dp = ("data",) if routed else ("data", "expert")
+    axes = ("fsdp",) + (("pipe",) + dp if pipelined else ())
+    return axes + (dp if moment else ())
+
+
+def _tree_specs(boxed, mesh, pipelined: bool, moment: bool):
+    sizes = dict(mesh.shape)
+
+    def one(leaf):
+        if not isinstance(leaf, nn.Partitioned):
+            return NamedSharding(mesh, P())
+        spec = sharding.logical_spec(leaf.names)
+        full = _completed(spec, leaf.value.shape, _leaf_axes(leaf.names, pipelined, moment), sizes)
+        return NamedSharding(mesh, full)
+    return jax.tree.map(one, boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
 def state_shardings(cfg, optimizer, mesh, seq_len: int) -> TrainState:
-    """NamedShardings of every TrainState leaf: params and the optimizer moments by logical axis names
-    (optax maps the boxed params, so its moments keep their boxes), everything else replicated."""
+    """NamedShardings of every TrainState leaf (module docstring): params and the optimizer moments from their
+    logical axis names, completed by ZeRO (optax maps the boxed params, so its moments keep their boxes),
+    everything else replicated."""
     model = DeepSeekV3(cfg)
     boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))
-    params = sharding.tree_shardings(boxed["params"], mesh)
-    opt = sharding.tree_shardings(jax.eval_shape(optimizer.init, boxed["params"]), mesh)
+    pipelined = dict(mesh.shape).get(sharding.mesh_axes_for("stage")[0], 1) > 1
+    params = _tree_specs(boxed["params"], mesh, pipelined, moment=False)
+    opt = _tree_specs(jax.eval_shape(optimizer.init, boxed["params"]), mesh, pipelined, moment=True)
     unbox = lambda t: nn.unbox(t) if t is not None else t
     replicated = NamedSharding(mesh, P())
     router = jax.tree.map(lambda _: replicated, boxed.get("router", {}))
