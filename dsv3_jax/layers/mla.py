@@ -91,13 +91,17 @@ def attend_absorbed(q_nope, q_pe, c_kv, k_pe, wkv_b, mask, scale: float):
     wkv_b GEMM quantizes them (operand views), so the result equals the training forward's FP8 numerics."""
     w_uk, w_uv = split_wkv_b(wkv_b, q_nope.shape[2], q_nope.shape[3])
     dtype = q_nope.dtype
-    q_lat = jnp.einsum("bthn,chn->bthc", q_nope, w_uk.astype(dtype), preferred_element_type=jnp.float32)
-    scores = (jnp.einsum("bthc,bsc->bhts", q_lat, c_kv.astype(jnp.float32))
-              + jnp.einsum("bthr,bsr->bhts", q_pe.astype(jnp.float32), k_pe.astype(jnp.float32))) * scale
-    scores = jnp.where(mask[:, None], scores, attention_core.NEG_INF)
-    probs = jnp.where(mask[:, None], jax.nn.softmax(scores, axis=-1), 0.0)
-    o_lat = jnp.einsum("bhts,bsc->bthc", probs, c_kv.astype(jnp.float32))
-    return jnp.einsum("bthc,chv->bthv", o_lat, w_uv.astype(jnp.float32)).astype(dtype)
+
+    def core(q_nope, q_pe, mask, c_kv, k_pe):  # long prompts: over blocks of queries (attention_core.py)
+        q_lat = jnp.einsum("bthn,chn->bthc", q_nope, w_uk.astype(dtype), preferred_element_type=jnp.float32)
+        scores = (jnp.einsum("bthc,bsc->bhts", q_lat, c_kv.astype(jnp.float32))
+                  + jnp.einsum("bthr,bsr->bhts", q_pe.astype(jnp.float32), k_pe.astype(jnp.float32))) * scale
+        scores = jnp.where(mask[:, None], scores, attention_core.NEG_INF)
+        probs = jnp.where(mask[:, None], jax.nn.softmax(scores, axis=-1), 0.0)
+        o_lat = jnp.einsum("bhts,bsc->bthc", probs, c_kv.astype(jnp.float32))
+        return jnp.einsum("bthc,chv->bthv", o_lat, w_uv.astype(jnp.float32)).astype(dtype)
+    return attention_core.over_query_blocks(core, (q_nope, q_pe, mask), (c_kv, k_pe), c_kv.shape[1],
+                                            q_nope.shape[2])
 
 
 def mla_output(o, wo, mm: MatMul):

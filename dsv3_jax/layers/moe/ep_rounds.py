@@ -122,25 +122,26 @@ def _make(cap: int, rnd_fn, axis: str):
     def bwd(res, g):
         xs, w1, w2, w3, counts = res
         m = xs.shape[0]
+        # The weights vary like the tokens inside the loop, so no round sums its weight gradient over the
+        # other batch axes; the sum happens once, after the last round (_like), in float32.
+        ws = sharding.vary_like((w1, w2, w3), xs, g)
 
         def body(carry):
             r, dxs, dws = carry
             idx, valid = _cells(counts, r, cap, m)
             send = jnp.where(valid[..., None], jnp.take(xs, idx, axis=0), 0).astype(xs.dtype)
             gy = jnp.where(valid[..., None], jnp.take(g, idx, axis=0), 0).astype(g.dtype)
-            _, pull = jax.vjp(rnd_fn, send, w1, w2, w3)
+            _, pull = jax.vjp(rnd_fn, send, *ws)
             dsend, *dw = pull(gy)
             dxs = dxs.at[jnp.where(valid, idx, m)].add(dsend.astype(dxs.dtype), mode="drop")
             return r + 1, dxs, tuple(a + b.astype(a.dtype) for a, b in zip(dws, dw))
 
         rounds = _n_rounds(counts, cap, axis)
-        # The weight cotangents from jax.vjp already carry the weights' own varying axes (the vjp transposes the
-        # implicit broadcast of a weight over the token axes into a psum), so they accumulate as such.
-        zeros = (sharding.vary_like(jnp.zeros_like(xs), xs, g, counts),
-                 tuple(sharding.vary_like(jnp.zeros_like(w), w) for w in (w1, w2, w3)))
+        zeros = sharding.vary_like((jnp.zeros_like(xs), tuple(jnp.zeros(w.shape, jnp.float32) for w in ws)),
+                                   xs, g, counts)
         r0 = sharding.vary_like(jnp.zeros((), jnp.int32), rounds)
         _, dxs, dws = jax.lax.while_loop(lambda c: c[0] < rounds, body, (r0,) + zeros)
-        return (dxs,) + tuple(_like(dw, w) for dw, w in zip(dws, (w1, w2, w3))) + (None,)
+        return (dxs,) + tuple(_like(dw, w).astype(w.dtype) for dw, w in zip(dws, (w1, w2, w3))) + (None,)
 
     run.defvjp(fwd, bwd)
     return run
