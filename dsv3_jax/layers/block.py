@@ -87,6 +87,8 @@ def run_stack(block: Block, x, positions, mask, length: int, cache: dict | None 
     n_active: run only layers i < n_active (a traced int: a pipeline stage's padded slots are skipped).
     Returns (x, stats stacked [length, ...], cache)."""
     cfg, moe = block.cfg, block.moe
+    ctx = block.parallel
+    ep_axes = (ctx.axis,) if ctx is not None and ctx.manual and ctx.exchange != "local" else ()
 
     def body(blk, carry, i):
         x, entries = carry
@@ -96,7 +98,11 @@ def run_stack(block: Block, x, positions, mask, length: int, cache: dict | None 
             return blk(x, positions, mask, slot)
 
         def skip(blk, x, slot):  # zeros vary over the shard_map axes x varies over (pipeline stages)
-            return x, sharding.vary_like(_zero_stats(cfg, moe, x), x), slot
+            x, stats = x, sharding.vary_like(_zero_stats(cfg, moe, x), x)
+            if moe and ep_axes:  # and over the expert axis, as an exchanging block's output and bytes do
+                x = sharding.vary(x, ep_axes)
+                stats = dict(stats, comm_bytes=sharding.vary(stats["comm_bytes"], ep_axes))
+            return x, stats, slot
 
         if n_active is None:
             y, stats, slot = go(blk, x, slot)

@@ -107,7 +107,9 @@ def _make(cap: int, rnd_fn, axis: str):
             out = out.at[jnp.where(valid, idx, m)].set(ys.astype(out.dtype), mode="drop")
             return r + 1, out
 
-        out = sharding.vary_like(jnp.zeros(xs.shape[:1] + (w2.shape[-1],), xs.dtype), xs, counts)
+        # The loop's results vary over the expert axis (they come back through all_to_all) and like its inputs.
+        out = sharding.vary(sharding.vary_like(jnp.zeros(xs.shape[:1] + (w2.shape[-1],), xs.dtype), xs, counts,
+                                               w1, w2, w3), (axis,))
         rounds = _n_rounds(counts, cap, axis)
         r0 = sharding.vary_like(jnp.zeros((), jnp.int32), rounds)
         return jax.lax.while_loop(lambda c: c[0] < rounds, body, (r0, out))[1]
@@ -124,7 +126,7 @@ def _make(cap: int, rnd_fn, axis: str):
         m = xs.shape[0]
         # The weights vary like the tokens inside the loop, so no round sums its weight gradient over the
         # other batch axes; the sum happens once, after the last round (_like), in float32.
-        ws = sharding.vary_like((w1, w2, w3), xs, g)
+        ws = sharding.vary(sharding.vary_like((w1, w2, w3), xs, g, counts), (axis,))
 
         def body(carry):
             r, dxs, dws = carry
@@ -138,10 +140,10 @@ def _make(cap: int, rnd_fn, axis: str):
 
         rounds = _n_rounds(counts, cap, axis)
         zeros = sharding.vary_like((jnp.zeros_like(xs), tuple(jnp.zeros(w.shape, jnp.float32) for w in ws)),
-                                   xs, g, counts)
+                                   *ws)
         r0 = sharding.vary_like(jnp.zeros((), jnp.int32), rounds)
         _, dxs, dws = jax.lax.while_loop(lambda c: c[0] < rounds, body, (r0,) + zeros)
-        return (dxs,) + tuple(_like(dw, w).astype(w.dtype) for dw, w in zip(dws, (w1, w2, w3))) + (None,)
+        return (_like(dxs, xs),) + tuple(_like(dw, w).astype(w.dtype) for dw, w in zip(dws, (w1, w2, w3))) + (None,)
 
     run.defvjp(fwd, bwd)
     return run
