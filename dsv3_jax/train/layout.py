@@ -11,7 +11,8 @@ Params start from their logical axis names (sharding.LOGICAL_RULES: experts over
              does after its update) — otherwise every pipeline rank would keep all 61 layers.
     moments  the params' split plus ZeRO-1 over the data-parallel axes (data; expert for non-expert leaves,
              whose replicas the expert ranks are).
-    the rest (router biases, step, rng, FP8 histories) replicated.
+    the rest (router biases, step, rng, FP8 histories) replicated; leaves under ZERO_MIN_SIZE values keep
+    their rules' layout.
 
 Each process's rows of the batch become one global array. The pipelined step (train/pipeline_step.py) lays
 the block stacks out per (rank, slot) for its executor from this layout (GSPMD gathers them).
@@ -33,15 +34,17 @@ from dsv3_jax.train.state import TrainState
 
 
 def _completed(spec: P, shape, add: tuple[str, ...], sizes: dict[str, int]) -> P:
-    """`spec` with every mesh axis of `add` it does not use yet put on the largest dim it still divides."""
+    """`spec` with every mesh axis of `add` it does not use yet put on the largest dim it still divides among
+    the dims the rules leave unsplit (the rules' splits, e.g. experts over `expert`, stay as they are)."""
     dims = [() if a is None else (a,) if isinstance(a, str) else tuple(a) for a in tuple(spec)]
     dims += [()] * (len(shape) - len(dims))
+    free = [i for i, d in enumerate(dims) if math.prod(sizes.get(a, 1) for a in d) == 1]  # size-1 axes split nothing
     used = {a for d in dims for a in d}
     for axis in add:
         if axis in used or sizes.get(axis, 1) == 1:
             continue
         split = [math.prod(sizes[a] for a in d) for d in dims]
-        fits = [i for i, n in enumerate(shape) if n % (split[i] * sizes[axis]) == 0]
+        fits = [i for i in free if shape[i] % (split[i] * sizes[axis]) == 0]
         if fits:
             i = max(fits, key=lambda i: shape[i] // split[i])
             dims[i] += (axis,)
@@ -57,6 +60,11 @@ def _leaf_axes(names, pipelined: bool, moment: bool) -> tuple[str, ...]:
     return axes + (dp if moment else ())
 
 
+# Leaves with fewer values keep their rules' layout: gathering a few KB costs more latency than it saves memory
+# (FSDP implementations have the same floor); it also keeps the tiny test models on the layouts they check.
+ZERO_MIN_SIZE = 2**16
+
+
 def _tree_specs(boxed, mesh, pipelined: bool, moment: bool):
     sizes = dict(mesh.shape)
 
@@ -64,9 +72,19 @@ def _tree_specs(boxed, mesh, pipelined: bool, moment: bool):
         if not isinstance(leaf, nn.Partitioned):
             return NamedSharding(mesh, P())
         spec = sharding.logical_spec(leaf.names)
+        if math.prod(leaf.value.shape) < ZERO_MIN_SIZE:
+            return NamedSharding(mesh, spec)
         full = _completed(spec, leaf.value.shape, _leaf_axes(leaf.names, pipelined, moment), sizes)
         return NamedSharding(mesh, full)
     return jax.tree.map(one, boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def param_specs(cfg, mesh, seq_len: int = 8):
+    """PartitionSpecs of the params tree in the train state (the `params` of state_shardings)."""
+    boxed = jax.eval_shape(DeepSeekV3(cfg).init, jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))
+    pipelined = dict(mesh.shape).get(sharding.mesh_axes_for("stage")[0], 1) > 1
+    specs = _tree_specs(boxed["params"], mesh, pipelined, moment=False)
+    return jax.tree.map(lambda s: s.spec, nn.unbox(specs))
 
 
 def state_shardings(cfg, optimizer, mesh, seq_len: int) -> TrainState:

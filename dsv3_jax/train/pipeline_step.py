@@ -35,9 +35,12 @@ from dsv3_jax import sharding
 from dsv3_jax.layers.moe.ep import make_expert_parallel
 from dsv3_jax.parallel.pipeline import SCHEDULE_NAMES, make_schedule
 from dsv3_jax.parallel.pipeline.executor import build_pipeline
-from dsv3_jax.parallel.pipeline.model_experts import param_axes
-from dsv3_jax.parallel.pipeline.model_layout import merge_counts, merge_grads, split_shared, split_stages, stage_layout
-from dsv3_jax.parallel.pipeline.model_stages import make_first_fn, make_loss_fn, make_stage_fn, micro_batches
+from dsv3_jax.parallel.pipeline.model_experts import param_axes, zero_shared_tails
+from dsv3_jax.parallel.pipeline.model_layout import (STACKS, auto_kind, merge_counts, merge_grads, split_shared,
+                                                     split_stages, stage_layout)
+from dsv3_jax.parallel.pipeline.model_stages import (make_first_fn, make_loss_fn, make_stage_fn, micro_batches,
+                                                     working_weights)
+from dsv3_jax.train import layout as train_layout
 from dsv3_jax.train.state import TrainState
 from dsv3_jax.train.step import apply_gradients, step_weights
 
@@ -70,36 +73,48 @@ def _check_model(cfg) -> None:
                          "use fp8 'blockwise' (stateless) or 'none'")
 
 
-def _expert_parallel(cfg, mesh):
+def _expert_parallel(cfg, mesh, shared_tails=None):
     """(the stages' expert-parallel context, the executor's param_axes): with moe_impl="ep" and an expert axis
-    > 1 the routed experts stay split over it inside the executor's shard_map (manual over every axis)."""
+    > 1 the routed experts stay split over it inside the executor's shard_map (manual over every axis);
+    shared_tails: the shared params' ZeRO split inside the executor (model_experts.zero_shared_tails)."""
     ctx = make_expert_parallel(cfg, mesh)
     if ctx.exchange == "local":
-        return None, None
-    return ctx.inside_shard_map(), param_axes(ctx.axis)
+        return None, (None if shared_tails is None else param_axes(None, shared_tails))
+    return ctx.inside_shard_map(), param_axes(ctx.axis, shared_tails)
 
 
-def make_pipeline_loss(cfg, mesh, schedule_name: str, chunks: int, *, alpha: float, residuals="recompute"):
+def make_pipeline_loss(cfg, mesh, schedule_name: str, chunks: int, *, alpha: float, residuals="recompute",
+                       layout: str = "auto"):
     """fn(params, router, batch, lam) -> (loss, aux, grads): step.loss_fn's value and its gradient, with aux =
-    {ce, mtp, balance, counts}; `fn.pipeline` is the built Pipeline (its plan, ticks). chunks 0: 2·ranks."""
+    {ce, mtp, balance, counts}; `fn.pipeline` is the built Pipeline (its plan, ticks). chunks 0: 2·ranks.
+    layout: model_layout.py's "blocks" or "moe"; "auto" = "blocks" when the layers split evenly."""
     _check_model(cfg)
     pipe, batch_axes = mesh_axes(mesh)
     stages = num_stages(schedule_name, mesh.shape[pipe])
     chunks = chunks or 2 * mesh.shape[pipe]
-    layout = stage_layout(cfg, stages)
+    layout = stage_layout(cfg, stages, auto_kind(cfg, stages) if layout == "auto" else layout)
     shards = math.prod(mesh.shape[a] for a in batch_axes)
-    ctx, axes = _expert_parallel(cfg, mesh)
+    # The stacks move between the state's ZeRO layout and the executor's rows in explicit steps (relayout.py);
+    # the shared params (embedding, prologue, head, MTP) stay ZeRO-split inside the executor.
+    specs = train_layout.param_specs(cfg, mesh)
+    place = (specs, mesh, pipe)
+    tails = zero_shared_tails(specs, [k for k in specs if k not in {STACKS[kind] for kind in layout.slots}],
+                              batch_axes) if batch_axes else None
+    ctx, axes = _expert_parallel(cfg, mesh, tails)
     pipeline = build_pipeline(make_schedule(schedule_name, stages, chunks),
-                              make_stage_fn(cfg, layout, alpha, shards, ctx), make_loss_fn(cfg, alpha, shards, ctx),
-                              mesh=mesh, axis_name=pipe, first_fn=make_first_fn(cfg), residuals=residuals, aux=True,
-                              batch_axes=batch_axes, param_axes=axes)
+                              make_stage_fn(cfg, layout, alpha, shards, ctx),
+                              make_loss_fn(cfg, alpha, shards, ctx, tails),
+                              mesh=mesh, axis_name=pipe, first_fn=make_first_fn(cfg, layout, tails),
+                              residuals=residuals, aux=True, batch_axes=batch_axes, param_axes=axes)
 
     def fn(params, router, batch, lam):
         inputs, targets = micro_batches(batch, chunks, cfg.mtp_depth, lam)
-        stage_params, stage_consts = split_stages(layout, params, router, pipeline.rows)
-        shared, shared_consts = split_shared(params, router)
+        staged = {STACKS[kind] for kind in layout.slots}   # their working copy moves, not the fp32 masters
+        working = {k: working_weights(cfg, v) if k in staged else v for k, v in params.items()}
+        stage_params, stage_consts = split_stages(layout, working, router, pipeline.rows, place)
+        shared, shared_consts = split_shared(params, router, layout)
         out = pipeline.ranked(stage_params, shared, inputs, targets, (stage_consts, shared_consts))
-        grads = merge_grads(layout, out.stage_grads, out.shared_grads, pipeline.home)
+        grads = merge_grads(layout, out.stage_grads, out.shared_grads, pipeline.home, place)
         counts = merge_counts(layout, out.stage_stats.get("counts"), out.last_stats, pipeline.home)
         aux = dict(ce=out.metrics["ce"], mtp=out.metrics["mtp"], balance=out.aux_loss + out.metrics["balance"],
                    counts=counts)
@@ -117,16 +132,18 @@ def pipeline_train_step(state: TrainState, batch, *, cfg, optimizer, train_cfg, 
 
 
 def make_pipeline_train_step(cfg, optimizer, train_cfg, mesh, schedule_name: str, chunks: int = 0,
-                             state_sharding=None, batch_sharding=None, residuals: str = "recompute"):
+                             state_sharding=None, batch_sharding=None, residuals: str = "recompute",
+                             layout: str = "auto"):
     """jit(pipeline_train_step) with the state donated: make_train_step's contract on a mesh with pipe > 1.
 
     schedule_name: train.pipeline_schedule ("1f1b" | "zb1p" | "dualpipe" | "dualpipev"); chunks:
     train.pipeline_chunks, micro-batches per step (0: 2·pipe; DualPipe: even and >= 2·pipe; the batch size
     must be a multiple of chunks × the data-axis sizes). state_sharding/batch_sharding as make_train_step's
-    (train/layout.py). residuals: "recompute" or "store" (see executor.py).
+    (train/layout.py). residuals: "recompute" or "store" (see executor.py). layout: the stage layout
+    (model_layout.py: "blocks", "moe", or "auto").
     """
     loss_and_grads = make_pipeline_loss(cfg, mesh, schedule_name, chunks, alpha=train_cfg.balance_alpha,
-                                        residuals=residuals)
+                                        residuals=residuals, layout=layout)
     step = functools.partial(pipeline_train_step, cfg=cfg, optimizer=optimizer, train_cfg=train_cfg,
                              loss_and_grads=loss_and_grads)
     if state_sharding is None:

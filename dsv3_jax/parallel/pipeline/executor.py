@@ -95,7 +95,8 @@ def _specs(param_axes, kind: str, tree, lead: tuple, batch_axes):
     """PartitionSpec per leaf: the leading axes `lead` then param_axes(kind, path)."""
     def one(path, _):
         tail = tuple(param_axes(kind, path))
-        bad = [a for a in tail if a is not None and a not in batch_axes]
+        flat = [x for a in tail if a is not None for x in ((a,) if isinstance(a, str) else a)]  # dims may list axes
+        bad = [a for a in flat if a not in batch_axes]
         if bad:
             raise ValueError(f"param_axes: {kind} leaf {jax.tree_util.keystr(path)} is split over {bad}, "
                              f"which are not among the batch_axes {batch_axes}")

@@ -21,14 +21,38 @@ Legend: E routed experts, X expert-axis size, Lm MoE slots per stage, D model di
 
 from __future__ import annotations
 
+import jax
+from jax.sharding import PartitionSpec as P
+
 from dsv3_jax import param_tree as pt
 
 
-def param_axes(expert_axis: str):
-    """The executor's param_axes: routed-expert leaves split over `expert_axis` on their expert dim (the
-    first after the stage's slot axis, or the first of a shared leaf); every other leaf replicated."""
+def param_axes(expert_axis: str | None, shared_tails: dict | None = None):
+    """The executor's param_axes: routed-expert stage leaves split over `expert_axis` on their expert dim (the
+    first after the stage's slot axis); with `shared_tails` ({leaf names: per-dim mesh axes}, zero_shared_tails)
+    the shared leaves keep their ZeRO split over the batch axes inside the executor, else routed-expert shared
+    leaves are split over `expert_axis` on their first dim; every other leaf replicated."""
     def axes(kind: str, path) -> tuple:
-        if not pt.is_routed_expert(pt.key_names(path)):
+        names = pt.key_names(path)
+        if kind == "shared" and shared_tails is not None:
+            return shared_tails.get(tuple(names), ())
+        if expert_axis is None or not pt.is_routed_expert(names):
             return ()
         return (None, expert_axis) if kind == "stage" else (expert_axis,)
     return axes
+
+
+def zero_shared_tails(specs: dict, keys, batch_axes: tuple[str, ...]) -> dict:
+    """{leaf names: per-dim axes} of the shared leaves (top-level `keys` of the params' state PartitionSpecs
+    `specs`): each dim keeps the batch axes the state splits it over (ZeRO inside the executor: the pipeline's
+    first and last stages gather them where they use them, model_stages.gather_shared)."""
+    out = {}
+    for key in keys:
+        for path, spec in jax.tree_util.tree_flatten_with_path(specs[key], is_leaf=lambda s: isinstance(s, P))[0]:
+            dims = []
+            for entry in tuple(spec):
+                axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+                axes = tuple(a for a in axes if a in batch_axes)
+                dims.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+            out[(key,) + tuple(pt.key_names(path))] = tuple(dims)
+    return out

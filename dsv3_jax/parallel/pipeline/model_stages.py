@@ -36,6 +36,25 @@ from dsv3_jax.model import DeepSeekV3, training_positions
 from dsv3_jax.parallel.pipeline.model_layout import STACKS, StageLayout
 
 
+# Kernels every use of which multiplies them in the compute dtype (layers/linear.py, mla.py, mlp.py, the expert
+# backends cast them first): their compute-dtype copy gives the same products and the same gradients.
+MATMUL_KERNELS = ("wq_a", "wq_b", "wq", "wkv_a", "wkv_b", "wo", "wk", "wv", "w1", "w2", "w3")
+
+
+def working_weights(cfg, stage_params):
+    """The stages' weights as the executor holds them: the MATMUL_KERNELS in the compute dtype (half the bytes
+    of the float32 masters in bf16; V3 keeps bf16 working weights with fp32 masters, docs/paper.md §3), the
+    rest (norm scales, the router gate) in float32. A no-op for float32 models and under FP8 recipes (which
+    quantize the float32 kernel). The executor accumulates their gradients in float32 (stage_math.py)."""
+    dt = jnp.dtype(cfg.dtype)
+    if cfg.fp8 != "none" or dt == jnp.float32:
+        return stage_params
+
+    def one(path, a):
+        return a.astype(dt) if pt.key_names(path)[-1] in MATMUL_KERNELS else a
+    return jax.tree_util.tree_map_with_path(one, stage_params)
+
+
 def _balance(stats, rows: int):
     """Σ_b Σ_i f_i P_i / rows (rows: the micro-batch's sequences over all data shards), over stacked layers."""
     return jnp.sum(stats["balance_f"] * stats["balance_p"]) / rows
@@ -61,11 +80,45 @@ def make_stage_fn(cfg, layout: StageLayout, alpha: float, shards: int = 1, paral
     return jax.jit(stage_fn)   # traced once per signature, not once per executor branch
 
 
-def make_first_fn(cfg):
-    """Token embedding of one micro-batch (V3 keeps it in high precision, §3.3)."""
+def gather_shared(shared: dict, keys, tails: dict | None, keep: str | None = None) -> dict:
+    """The `keys` of the shared params whole again inside the executor: each leaf all-gathered over the batch
+    axes `tails` splits it over (ZeRO, model_experts.zero_shared_tails), except `keep` (the expert axis that
+    expert parallelism consumes) on routed-expert leaves. The backward of all_gather is a psum_scatter, so the
+    shared gradients accumulate in the split layout."""
+    out = {k: shared[k] for k in keys if k in shared}
+    if not tails:
+        return out
+
+    def one(path, x):
+        names = pt.key_names(path)
+        routed = pt.is_routed_expert(names)
+        for dim, entry in enumerate(tails.get(tuple(names), ())):
+            axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+            axes = tuple(a for a in axes if not (routed and a == keep))
+            if axes:
+                x = jax.lax.all_gather(x, axes, axis=dim, tiled=True)
+        return x
+    return jax.tree_util.tree_map_with_path(one, out)
+
+
+def make_first_fn(cfg, layout: StageLayout | None = None, tails: dict | None = None):
+    """Token embedding of one micro-batch (V3 keeps it in high precision, §3.3), then the layout's prologue
+    stacks (the "moe" layout: the dense blocks, DeepSeekV3.run_blocks over them). tails: the shared params'
+    ZeRO split inside the executor (gather_shared), or None (replicated)."""
     model = DeepSeekV3(cfg)
-    return lambda shared, tokens: model.apply({pt.PARAMS: {pt.EMBED: shared[pt.EMBED]}}, tokens,
-                                              method=DeepSeekV3.embed_tokens)
+    prologue = () if layout is None else layout.prologue
+
+    def first_fn(shared, tokens):
+        shared = gather_shared(shared, (pt.EMBED,) + tuple(prologue), tails)
+        x = model.apply({pt.PARAMS: {pt.EMBED: shared[pt.EMBED]}}, tokens, method=DeepSeekV3.embed_tokens)
+        if not prologue:
+            return x
+        positions, mask = training_positions(tokens)
+        lengths = pt.stack_sizes(cfg)
+        x, _, _ = model.apply({pt.PARAMS: {k: shared[k] for k in prologue}}, x, positions, mask,
+                              lengths={k: lengths[k] for k in prologue}, method=DeepSeekV3.run_blocks)
+        return x
+    return first_fn
 
 
 def _weighted_nll(logits, targets, weights):
@@ -75,11 +128,15 @@ def _weighted_nll(logits, targets, weights):
     return jnp.sum(nll * weights)
 
 
-def make_loss_fn(cfg, alpha: float, shards: int = 1, parallel=None):
-    """loss_fn(shared, mtp_router, y, targets) -> (loss, {ce, mtp, balance}, MTP expert counts tree)."""
+def make_loss_fn(cfg, alpha: float, shards: int = 1, parallel=None, tails: dict | None = None):
+    """loss_fn(shared, mtp_router, y, targets) -> (loss, {ce, mtp, balance}, MTP expert counts tree); tails as
+    make_first_fn's (the routed experts of the MTP blocks keep their expert split under expert parallelism)."""
     model = DeepSeekV3(cfg, parallel)
+    keys = (pt.EMBED, pt.NORM, pt.HEAD) + tuple(pt.mtp_name(k) for k in range(cfg.mtp_depth))
+    keep = None if parallel is None else parallel.axis
 
     def loss_fn(shared, router, y, t):
+        shared = gather_shared(shared, keys, tails, keep)
         tokens, nxt, w = t["inputs"], t["targets"], t["weights"]
         variables = {pt.PARAMS: shared, **({pt.ROUTER: router} if router else {})}
         ce = _weighted_nll(model.apply(variables, y, method=DeepSeekV3.final_logits), nxt, w[:, 0])

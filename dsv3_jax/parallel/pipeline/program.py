@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dsv3_jax.parallel.pipeline.plan import COL, FWD_BWD, IDLE, SEND_LEFT, SEND_RIGHT, TickPlan
-from dsv3_jax.parallel.pipeline.stage_math import StageMath
+from dsv3_jax.parallel.pipeline.stage_math import ACCUMULATORS, StageMath, add_delta
 from dsv3_jax.sharding import vary
 
 
@@ -39,7 +39,9 @@ def _tick(math: StageMath, plan: TickPlan, axis_name: str):
 
     def body(state, row):
         kind = row[COL["kind"]]
-        state, fout, bout = jax.lax.switch(jnp.asarray(lut)[kind], branches, state, row)
+        core = {k: v for k, v in state.items() if k not in ACCUMULATORS}   # accumulators stay out of the switch
+        core, fout, bout, delta = jax.lax.switch(jnp.asarray(lut)[kind], branches, core, row)
+        state = add_delta({**state, **core}, delta)
         zero = jnp.zeros_like(fout)
         out = {d: jnp.stack([jnp.where(row[COL["f_send"]] == d, fout, zero),
                              jnp.where(row[COL["b_send"]] == d, bout, zero)]) for d in (SEND_RIGHT, SEND_LEFT)}
@@ -68,7 +70,7 @@ def mirror_sum(tree, axis_name: str, n: int):
 def _psum_params(tree, kind: str, param_axes, axes: tuple[str, ...]):
     """psum each leaf over `axes` minus the mesh axes param_axes(kind, path) splits it over."""
     def one(path, g):
-        split = set(param_axes(kind, path))
+        split = {x for a in param_axes(kind, path) if a is not None for x in ((a,) if isinstance(a, str) else a)}
         over = tuple(a for a in axes if a not in split)
         return jax.lax.psum(g, over) if over else g
     return jax.tree_util.tree_map_with_path(one, tree)

@@ -7,7 +7,11 @@ Functions (the executor's full contract; executor.py adapts the plain one):
 aux_loss (e.g. the MoE balance loss, V3 report eq. 17-20) is differentiated like the loss; stats (e.g. the
 expert counts for the aux-loss-free bias update, eq. 16) are summed over micro-batches, not differentiated.
 
-Each branch maps (state, table row) -> (state, forward message, backward message). State (per rank):
+Each branch maps (state, table row) -> (state, forward message, backward message, gradient delta). The two
+gradient accumulators (gacc, sacc) are not passed through the branches: each branch returns its contribution
+(`Delta`: one slot's parameter gradient and a shared-parameter gradient, zeros where it has none) and the tick
+adds it after the switch (program.py), so XLA never copies an accumulator into a branch (a copy of every
+stage weight's gradient per branch at V3 size, docs/paper.md §8). State (per rank):
   buf    [slots+1, *x]  stage inputs X(m, s) and output gradients GY(m, s) (plan.py assigns slots)
   res    list of [res_slots+1, *leaf]: vjp residuals per stored leaf ("store" mode only)
   gacc   stage-parameter gradients per parameter slot, leaves [num_slots, ...]
@@ -50,6 +54,14 @@ def _zeros(aval_tree):
     return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aval_tree)
 
 
+ACCUMULATORS = ("gacc", "sacc")  # carried outside the branches (module docstring)
+
+
+def add_delta(state, delta):
+    """The tick's accumulation: gacc[k] += delta['dp'], sacc += delta['ds']."""
+    return dict(state, gacc=_add_at(state["gacc"], delta["k"], delta["dp"]), sacc=_add(state["sacc"], delta["ds"]))
+
+
 class StageMath:
     """Branch functions for one rank; built inside shard_map from the rank's local (varying) arrays."""
 
@@ -85,6 +97,13 @@ class StageMath:
             return (y, vary(jnp.asarray(aux_loss, jnp.float32), self.axes)), vary(stats, self.axes)
         return f
 
+    def no_delta(self, ds=None, k=None, dp=None):
+        """A branch's gradient contribution: slot k's dp and shared ds (zeros where not given)."""
+        zero = lambda t: vary(jax.tree.map(jnp.zeros_like, t), self.axes)
+        return {"k": vary(jnp.zeros((), jnp.int32), self.axes[:1]) if k is None else k,   # table rows vary by rank
+                "dp": zero(self.params(0)) if dp is None else dp,
+                "ds": zero(self.shared) if ds is None else ds}
+
     def _cotangent(self, dy):
         return dy, vary(jnp.asarray(self.scale, jnp.float32), self.axes)
 
@@ -100,7 +119,9 @@ class StageMath:
                                              self.stats_aval)), self.axes)
         state["busy"] = vary(jnp.zeros((2,), jnp.int32), self.axes[:1])
         state["sacc"] = jax.tree.map(jnp.zeros_like, self.shared)      # already varying: from varying inputs
-        state["gacc"] = jax.tree.map(jnp.zeros_like, self.slot_params)
+        # float32 gradients whatever dtype the working weights have (model_stages.working_weights)
+        f32 = lambda a: jnp.zeros(a.shape, jnp.float32 if jnp.issubdtype(a.dtype, jnp.floating) else a.dtype)
+        state["gacc"] = vary(jax.tree.map(f32, self.slot_params), self.axes)
         return state
 
     def _loss_grads(self, state, y, mb):
@@ -113,7 +134,7 @@ class StageMath:
             scale = lambda tree: jax.tree.map(lambda g: g * jnp.asarray(self.scale, g.dtype), tree)
             out = (loss.astype(jnp.float32) * self.scale, scale(metrics), stats, scale(d_shared), scale(dy))
             return vary(out, self.axes)
-        like = (state["loss"], state["metrics"], state["last"], state["sacc"], y)
+        like = (state["loss"], state["metrics"], state["last"], self.shared, y)
         none = lambda: jax.tree.map(jnp.zeros_like, like)
         return last, none
 
@@ -124,21 +145,22 @@ class StageMath:
             return self.res.pullback(p, stored)
         return jax.vjp(self._fwd_fn(k), p, _read(state["buf"], row[COL["b_x"]]), has_aux=True)[1]
 
-    def _first_grads(self, state, row, dx):
+    def _first_grads(self, row, dx):
         """Shared-parameter gradient of first_fn on stage 0 (taken with the input gradient, in B)."""
+        zero = lambda: vary(jax.tree.map(jnp.zeros_like, self.shared), self.axes)
         if self.first_fn is None:
-            return state["sacc"]
+            return zero()
         mb = row[COL["b_mb"]]
 
         def first():
             xs = jax.tree.map(lambda a: _read(a, mb), self.inputs)
-            return _add(state["sacc"], jax.vjp(lambda sh: self.first_fn(sh, xs), self.shared)[1](dx)[0])
-        return jax.lax.cond(row[COL["b_first"]] == 1, first, lambda: state["sacc"])
+            return jax.vjp(lambda sh: self.first_fn(sh, xs), self.shared)[1](dx)[0]
+        return jax.lax.cond(row[COL["b_first"]] == 1, first, zero)
 
     # ----- branches
     def idle(self, state, row):
         zero = jnp.zeros_like(state["buf"][0])
-        return state, zero, zero
+        return state, zero, zero, self.no_delta()
 
     def forward(self, state, row):
         mb, k = row[COL["f_mb"]], row[COL["f_slot"]]
@@ -157,18 +179,15 @@ class StageMath:
         aux_loss = aux_loss * self.scale
         state = dict(state, buf=buf, res=res, loss=state["loss"] + loss + aux_loss,
                      aux_loss=state["aux_loss"] + aux_loss, metrics=_add(state["metrics"], metrics),
-                     last=_add(state["last"], last_stats), stats=_add_at(state["stats"], k, stats),
-                     sacc=_add(state["sacc"], d_shared))
-        return state, y.astype(buf.dtype), jnp.zeros_like(buf[0])
+                     last=_add(state["last"], last_stats), stats=_add_at(state["stats"], k, stats))
+        return state, y.astype(buf.dtype), jnp.zeros_like(buf[0]), self.no_delta(ds=d_shared)
 
     def _backward(self, state, row, full: bool):
         k = row[COL["b_slot"]]
         dy = _read(state["buf"], row[COL["b_gy"]])
         dp, dx = self._pullback(state, row, k)(self._cotangent(dy))
-        if full:
-            state = dict(state, gacc=_add_at(state["gacc"], k, dp))
-        state = dict(state, sacc=self._first_grads(state, row, dx))
-        return state, jnp.zeros_like(dy), dx.astype(dy.dtype)
+        delta = self.no_delta(ds=self._first_grads(row, dx), k=k if full else None, dp=dp if full else None)
+        return state, jnp.zeros_like(dy), dx.astype(dy.dtype), delta
 
     def backward_full(self, state, row):
         return self._backward(state, row, full=True)
@@ -180,9 +199,9 @@ class StageMath:
         k = row[COL["b_slot"]]
         dy = _read(state["buf"], row[COL["b_gy"]])
         dp, _ = self._pullback(state, row, k)(self._cotangent(dy))
-        return dict(state, gacc=_add_at(state["gacc"], k, dp)), jnp.zeros_like(dy), jnp.zeros_like(dy)
+        return state, jnp.zeros_like(dy), jnp.zeros_like(dy), self.no_delta(k=k, dp=dp)
 
     def forward_backward(self, state, row):
-        state, y, _ = self.forward(state, row)
-        state, _, dx = self._backward(state, row, full=True)
-        return state, y, dx
+        state, y, _, fwd = self.forward(state, row)
+        state, _, dx, bwd = self._backward(state, row, full=True)
+        return state, y, dx, dict(bwd, ds=_add(fwd["ds"], bwd["ds"]))
