@@ -2,7 +2,7 @@
 
 The core stays in high precision (V3 report §3.3): scores and softmax in fp32.
 Long sequences run over blocks of queries (`over_query_blocks`): the fp32 scores of V3's 128 heads at 4096
-tokens are 8 GiB per sequence, so when one sequence's [H, T, S] scores exceed SCORE_BLOCK_BYTES the queries are
+tokens are 8 GiB per sequence, so when the batch's [B, H, T, S] scores exceed SCORE_BLOCK_BYTES the queries are
 split into blocks, each block's attention is rematerialized in the backward, and only q, k, v (not the
 probabilities) are kept: the memory shape of a flash-attention kernel (the analytic estimate's assumption,
 analysis/activations.py). Each query row is computed by the same operations as without blocks; short
@@ -30,31 +30,61 @@ def causal_mask(q_index: jnp.ndarray, k_index: jnp.ndarray, q_segment=None, k_se
     return mask
 
 
-SCORE_BLOCK_BYTES = 256 * 2**20  # fp32 scores of one sequence's query block: [H, block, S] · 4 B at most
+SCORE_BLOCK_BYTES = 256 * 2**20  # fp32 scores of one query block of the whole batch: [B, H, block, S] · 4 B
+MIN_QUERY_BLOCK = 128  # the block never shrinks below this (B is the global batch under GSPMD: per device less)
 
 
-def query_block(n_queries: int, n_keys: int, n_heads: int) -> int:
-    """Queries per block: all of them when one sequence's fp32 scores fit SCORE_BLOCK_BYTES, else the largest
-    power of two dividing n_queries that does."""
-    if n_heads * n_queries * n_keys * 4 <= SCORE_BLOCK_BYTES:
+def query_block(n_queries: int, n_keys: int, n_heads: int, batch: int = 1) -> int:
+    """Queries per block: all of them when the batch's fp32 scores fit SCORE_BLOCK_BYTES, else the largest
+    power of two dividing n_queries that does (at least MIN_QUERY_BLOCK when that divides n_queries)."""
+    row = batch * n_heads * n_keys * 4
+    if row * n_queries <= SCORE_BLOCK_BYTES:
         return n_queries
     block = 1
-    while n_queries % (2 * block) == 0 and n_heads * 2 * block * n_keys * 4 <= SCORE_BLOCK_BYTES:
+    while n_queries % (2 * block) == 0 and (row * 2 * block <= SCORE_BLOCK_BYTES or 2 * block <= MIN_QUERY_BLOCK):
         block *= 2
     return block
 
 
 def over_query_blocks(fn, blocked: tuple, shared: tuple, n_keys: int, n_heads: int):
     """fn(*blocked, *shared) -> [B, T, ...], run block by block over the query axis (axis 1 of every `blocked`
-    array: queries and their mask rows) with each block rematerialized in the backward (module docstring)."""
+    array: queries and their mask rows; the last one is the boolean mask), the backward recomputing each block
+    (module docstring)."""
     b, t = blocked[0].shape[:2]
-    block = query_block(t, n_keys, n_heads)
+    block = query_block(t, n_keys, n_heads, b)
     if block >= t:
         return fn(*blocked, *shared)
-    n = t // block
-    split = lambda a: jnp.moveaxis(a.reshape((b, n, block) + a.shape[2:]), 1, 0)
-    out = jax.lax.map(jax.checkpoint(lambda parts: fn(*parts, *shared)), tuple(split(a) for a in blocked))
-    return jnp.moveaxis(out, 0, 1).reshape((b, t) + out.shape[3:])
+    return _blocked(fn, t // block)(blocked[:-1], blocked[-1], shared)
+
+
+def _blocked(fn, n: int):
+    """The blocked computation as a custom_vjp: its residuals are its inputs whatever remat policy surrounds it
+    (an outer jax.checkpoint policy that saves dots would otherwise keep every block's scores)."""
+    split = lambda a: jnp.moveaxis(a.reshape((a.shape[0], n, a.shape[1] // n) + a.shape[2:]), 1, 0)
+    merge = lambda a: jnp.moveaxis(a, 0, 1).reshape((a.shape[1], a.shape[0] * a.shape[2]) + a.shape[3:])
+    block_fn = lambda parts, mask, shared: fn(*parts, mask, *shared)
+
+    @jax.custom_vjp
+    def run(parts, mask, shared):
+        return merge(jax.lax.map(lambda xs: block_fn(xs[0], xs[1], shared), (tuple(map(split, parts)), split(mask))))
+
+    def fwd(parts, mask, shared):
+        return run(parts, mask, shared), (parts, mask, shared)
+
+    def bwd(res, g):
+        parts, mask, shared = res
+
+        def body(acc, xs):
+            p, m, gb = xs
+            _, pull = jax.vjp(lambda p, sh: block_fn(p, m, sh), p, shared)
+            dp, dsh = pull(gb)
+            return jax.tree.map(jnp.add, acc, dsh), dp
+        acc = jax.tree.map(jnp.zeros_like, shared)
+        dsh, dparts = jax.lax.scan(body, acc, (tuple(map(split, parts)), split(mask), split(g)))
+        return tuple(map(merge, dparts)), None, dsh
+
+    run.defvjp(fwd, bwd)
+    return run
 
 
 def softmax_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray,
