@@ -36,6 +36,7 @@ setup(
             "dsv3-pipeline-sim=dsv3_jax.cli.pipeline_sim:main",
             "dsv3-convert=dsv3_jax.cli.convert:main",
             "dsv3-generate=dsv3_jax.cli.generate:main",
+            "dsv3-plan=dsv3_jax.cli.plan:main",
         ],
     },
 )
