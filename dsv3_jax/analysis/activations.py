@@ -2,7 +2,9 @@
 
 Each entry is a tensor the backward pass needs, in values per token: (name, values, kind, fp32) where kind is
 "input" (the block's residual-stream input, kept under every policy), "dot" (output of a weight matmul),
-"batch_dot" (attention core: a matmul with batch dims) or "other" (norms, activations, dispatch copies). fp32 entries are kept in float32 whatever the compute dtype
+"batch_dot" (attention core: a matmul with batch dims), "other" (norms, activations, dispatch copies) or
+"work" (alive only while the block runs, never saved: the bounded EP exchange's per-round buffers, which its
+custom_vjp recomputes, layers/moe/ep_rounds.py). fp32 entries are kept in float32 whatever the compute dtype
 (router scores, DESIGN principle 6). The attention core is assumed flash-style: it keeps its output and the
 softmax log-sum-exp per head, never the T×T probabilities (`flash=False` adds them).
 """
@@ -10,6 +12,7 @@ softmax log-sum-exp per head, never the T×T probabilities (`flash=False` adds t
 from __future__ import annotations
 
 from dsv3_jax.config import ModelConfig
+from dsv3_jax.layers.moe.ep_rounds import ROUND_CAPACITY_FACTOR
 
 Entry = tuple[str, float, str, bool]
 
@@ -51,6 +54,11 @@ def ffn_entries(cfg: ModelConfig, moe: bool) -> list[Entry]:
     if s:
         out += [("shared_w1", s * f, "dot", False), ("shared_w3", s * f, "dot", False),
                 ("shared_swiglu", s * f, "other", False), ("shared_w2", d, "dot", False)]
+    # One round of the bounded EP exchange holds ROUND_CAPACITY_FACTOR x the balanced rows: the send buffer,
+    # the received rows, the expert hidden (w1, w3, SwiGLU) and the results travelling back.
+    cap = ROUND_CAPACITY_FACTOR * k
+    out += [("round_send", cap * d, "work", False), ("round_recv", cap * d, "work", False),
+            ("round_hidden", 3 * cap * f, "work", False), ("round_back", 2 * cap * d, "work", False)]
     return out
 
 
@@ -66,12 +74,13 @@ def saved_bytes_per_token(entries: list[Entry], policy: str, compute_bytes: int)
     input; everything else is recomputed. The block input is kept under every policy.
     """
     keep = {"none": ("input", "dot", "batch_dot", "other"), "dots": ("input", "dot", "batch_dot"),
+            "work": ("input", "dot", "batch_dot", "other", "work"),
             "dots_no_batch": ("input", "dot"), "full": ("input",)}
     if policy not in keep:
-        raise ValueError(f"remat policy: expected one of {sorted(keep)}, got {policy!r}")
+        raise ValueError(f"remat policy: expected one of {sorted(set(keep) - {'work'})}, got {policy!r}")
     return sum(n * (4 if fp32 else compute_bytes) for _, n, kind, fp32 in entries if kind in keep[policy])
 
 
 def working_bytes_per_token(entries: list[Entry], compute_bytes: int) -> float:
     """Bytes per token of one block's full activation set (alive while it is recomputed / differentiated)."""
-    return saved_bytes_per_token(entries, "none", compute_bytes)
+    return saved_bytes_per_token(entries, "work", compute_bytes)

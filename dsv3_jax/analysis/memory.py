@@ -145,3 +145,86 @@ def training_memory_per_device(cfg: ModelConfig, mesh: Mapping[str, int], n_devi
     params, grads, opt = _weights_memory(counts or param_counts(cfg), m, o)
     acts, logits = _activation_memory(cfg, m, o)
     return MemoryEstimate(params=params, grads=grads, optimizer=opt, activations=acts, logits=logits)
+
+
+# ----- the estimates dsv3-plan prints next to XLA's analysis (this project's dtypes and layouts) ----------
+def _project_options(cfg: ModelConfig, seq_len: int, seqs: int, bf16_moments: bool, **kw) -> TrainMemoryOptions:
+    """Options of this project's training step: fp32 master params and gradients (no separate master copy),
+    fp32 or bf16 AdamW moments, activations in the compute dtype, ZeRO-1 moments (train/layout.py)."""
+    compute = 4 if cfg.dtype == "float32" else 2
+    return TrainMemoryOptions(seq_len=seq_len, microbatch_seqs=seqs, param_bytes=4, master_bytes=0, grad_bytes=4,
+                              moment_bytes=2 if bf16_moments else 4, compute_bytes=compute, zero_stage=1, **kw)
+
+
+def _zero3_gather(counts: ParamCounts, m: dict[str, int]) -> float:
+    """Bytes of the largest weights a ZeRO-3 (fsdp) step holds whole at once, fp32, with their gradient before
+    the reduce-scatter: one MoE layer (its experts still split over `expert`), or the embedding and head."""
+    if m["fsdp"] == 1:
+        return 0.0
+    c = counts.config
+    layer = counts.moe_nonrouted / max(c.n_moe_layers, 1) + counts.routed / max(c.n_moe_layers, 1) / m["expert"]
+    return 2 * 4 * max(layer, counts.embedding + counts.head) / m["tensor"]
+
+
+def plan_training_memory(cfg: ModelConfig, mesh: Mapping[str, int], seq_len: int, seqs_per_shard: int,
+                         bf16_moments: bool = False) -> dict[str, float]:
+    """Bytes per device of the plain train step (train/step.py) on `mesh`: `seqs_per_shard` sequences per
+    batch shard, one micro-batch, the config's remat policy, plus the ZeRO-3 weights gathered at use."""
+    o = _project_options(cfg, seq_len, seqs_per_shard, bf16_moments, inflight_microbatches=1)
+    m = resolve_mesh(mesh)
+    counts = param_counts(cfg)
+    est = training_memory_per_device(cfg, mesh, math.prod(m.values()), o, counts=counts)
+    out = dataclasses.asdict(est) | {"zero3_gathered": _zero3_gather(counts, m)}
+    return out | {"total": sum(out.values())}
+
+
+def _pipeline_weights(counts: ParamCounts, m: dict[str, int], schedule: str, compute: int,
+                      moment_bytes: int) -> dict[str, float]:
+    """The pipelined step's weight-side bytes (train/pipeline_step.py, parallel/pipeline/model_layout.py "moe"):
+    the ZeRO state over every device, each rank's stage weights in the compute dtype with float32 gradient
+    accumulators, the shared params (embedding, dense prologue, head, MTP) ZeRO-split over the data-parallel
+    ranks inside the executor, and one whole copy of them (fp32, with its gradient) where they are used."""
+    c = counts.config
+    n = math.prod(m.values())
+    dp = m["data"] * m["fsdp"] * m["expert"]
+    total = counts.total + counts.mtp
+    state = total * (4 + 2 * moment_bytes) / n
+    stages = 2 * m["pipe"] if schedule == "dualpipev" else m["pipe"]
+    per_stage = -(-c.n_moe_layers // stages)
+    slots = 1 if schedule in ("1f1b", "zb1p") else 2
+    layer = counts.moe_nonrouted / max(c.n_moe_layers, 1) + counts.routed / max(c.n_moe_layers, 1) / m["expert"]
+    stage = slots * per_stage * layer
+    shared = counts.embedding + counts.head + counts.final_norm + counts.dense_layers + counts.mtp_nonrouted \
+        + counts.mtp_routed / m["expert"]
+    used = max(counts.embedding + counts.dense_layers,
+               counts.embedding + counts.head + counts.mtp_nonrouted + counts.mtp_routed / m["expert"])
+    return {"state": state, "stage_weights": stage * compute, "stage_grads": 2 * stage * 4,
+            "shared_zero": 2 * shared * 4 / dp, "shared_in_use": 2 * used * 4}
+
+
+def plan_pipeline_memory(cfg: ModelConfig, mesh: Mapping[str, int], seq_len: int, seqs_per_micro: int,
+                         schedule: str, residuals: str, bf16_moments: bool = False,
+                         n_buffers: int | None = None) -> dict[str, float]:
+    """Bytes per device of the pipelined train step: _pipeline_weights plus activations. stage_grads counts the
+    accumulators and the gradients the executor hands back (both float32). Activations: the executor's buffer
+    slots of stage inputs and output gradients (n_buffers, default 2·(PP+1)), the residuals F keeps until B
+    ("store": each block's saved tensors under cfg.remat for the PP+1 micro-batches in flight on the first
+    rank, DualPipe) or one stage's ("recompute"), one block's working set and the fp32 logits of the loss (main
+    + MTP, with their gradient)."""
+    m = resolve_mesh(mesh)
+    counts = param_counts(cfg)
+    compute = 4 if cfg.dtype == "float32" else 2
+    out = _pipeline_weights(counts, m, schedule, compute, 2 if bf16_moments else 4)
+    tokens = seqs_per_micro * seq_len
+    stages = 2 * m["pipe"] if schedule == "dualpipev" else m["pipe"]
+    per_stage = -(-cfg.n_moe_layers // stages)
+    entries = activations.block_entries(cfg, True, seq_len, True)
+    saved = activations.saved_bytes_per_token(entries, cfg.remat, compute)
+    inflight = m["pipe"] + 1 if residuals == "store" else 1
+    slots = 1 if schedule in ("1f1b", "zb1p") else 2
+    n_buffers = n_buffers or 2 * (m["pipe"] + 1)
+    out["buffers"] = n_buffers * tokens * cfg.dim * compute
+    out["residuals"] = inflight * slots * per_stage * saved * tokens
+    out["block_working_set"] = activations.working_bytes_per_token(entries, compute) * tokens
+    out["logits"] = 2 * tokens * cfg.vocab_size * 4 * (1 + cfg.mtp_depth) / m["tensor"]
+    return out | {"total": sum(out.values())}
