@@ -17,4 +17,7 @@ def get_config(arg=None):
         mtp_depth=0, dtype="bfloat16", remat="full",
     ))
     cd.train.seq_len = 4096
+    # Layout: one 8-GPU node, 8-way expert parallelism (8 of the 64 experts per GPU; every expert rank is also a
+    # data-parallel rank), ZeRO-1 moments (train/layout.py). `dsv3-plan` plans this layout.
+    cd.mesh.update(dict(data=1, fsdp=1, expert=8, pipe=1, tensor=1))
     return cd

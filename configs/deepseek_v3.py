@@ -16,5 +16,12 @@ def get_config(arg=None):
         mtp_depth=1, dtype="bfloat16", remat="full",
     ))
     cd.train.seq_len = 4096
-    cd.train.batch_size = 3072
+    # The paper's training layout (docs/paper.md §4): 2048 GPUs = 16-way DualPipe pipeline x 64-way expert
+    # parallelism x 2 ZeRO-1 data-parallel replicas (every expert rank is also a data-parallel rank: 128 batch
+    # shards per stage). The batch is the paper's 15360 sequences (after its 3072 -> 15360 ramp, V3 report
+    # §4.2): 120 micro-batches of one 4096-token sequence per batch shard. `dsv3-plan` plans this layout.
+    cd.train.batch_size = 15360
+    cd.train.pipeline_schedule = "dualpipe"
+    cd.train.pipeline_chunks = 120
+    cd.mesh.update(dict(data=2, fsdp=1, expert=64, pipe=16, tensor=1))
     return cd

@@ -18,4 +18,5 @@ def get_config(arg=None):
     cd.train.seq_len = 1024
     cd.train.batch_size = 64
     cd.train.steps = 20000
+    cd.mesh.update(dict(data=1))  # one GPU (dsv3-plan plans this layout)
     return cd
