@@ -30,7 +30,7 @@ from dsv3_jax.train.interrupt import StopSignal, signal_name
 from dsv3_jax.train.logging import MetricsWriter, Progress
 from dsv3_jax.train.state import init_state
 
-NonFiniteLossError = NonFiniteError  # the name this error had before it also covered gradients and updates
+NonFiniteLossError = NonFiniteError  # its name before it also covered gradients and updates (kept for imports)
 
 
 def evaluate(eval_step, state, val_batches, max_batches, place=lambda b: jax.tree.map(jnp.asarray, b)):
@@ -80,15 +80,18 @@ def _datasets(exp: ExperimentConfig, cfg, log):
 def _resume(exp, ckpt, state, train_iter, saved, log):
     """Restore the newest usable checkpoint (or train.restore_step) into `state` and the data iterator, then
     move aside the unusable or superseded newer ones; returns (state, step resumed from or 0)."""
-    step, restored, rejected = restore.restore_newest(ckpt, state, resume.restore_step(saved, exp, ckpt.steps()),
-                                                      warn=lambda m: log(f"warning: {m}"))
+    want, note = resume.restore_step(saved, exp, ckpt.steps())
+    if note:
+        log(note)
+    step, restored, rejected = restore.restore_newest(ckpt, state, want, warn=lambda m: log(f"warning: {m}"))
     if restored is None:
         return state, 0
     state, data_state = restored
     train_iter.set_state(data_state)  # a data change is a ValueError here, before anything is written
     for s in [s for s in ckpt.steps() if s > step]:
-        why = "unusable (see the training log)" if s in rejected else f"newer than train.restore_step={step}"
-        log(f"moved checkpoint {s} ({why}) to {ckpt.move_aside(s, f'checkpoint {s}: {why}')}")
+        why = "unusable" if s in rejected else f"newer than train.restore_step={step}"
+        dest = ckpt.move_aside(s, rejected.get(s, f"checkpoint {s}: {why}"))
+        log(f"moved checkpoint {s} ({why}) to {dest}")
     log(f"resumed from {ckpt.directory} at step {step}")
     return state, step
 

@@ -88,11 +88,11 @@ def _try_each(ckpt, candidates, restore_one: Callable[[int], object], warn):
 
 
 def restore_newest(ckpt: checkpoint.Checkpointer, abstract_state, restore_step: int = -1, warn=_warn):
-    """(step, (state, data_state), rejected steps) of the newest usable checkpoint, or (None, None, []) when
-    there is none; restore_step >= 0 takes exactly that one. CheckpointMismatch (another model) propagates."""
+    """(step, (state, data_state), {rejected step: why}) of the newest usable checkpoint, or (None, None, {})
+    when there is none; restore_step >= 0 takes exactly that one. CheckpointMismatch (another model) propagates."""
     step, result, failures = _try_each(ckpt, _candidates(ckpt, restore_step),
                                        lambda s: ckpt.restore(s, abstract_state), warn)
-    return step, result, [e.step for e in failures]
+    return step, result, {e.step: str(e) for e in failures}
 
 
 def abstract_variables(cfg) -> dict:

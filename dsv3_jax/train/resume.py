@@ -64,11 +64,14 @@ def check_config(saved: dict | None, new: ExperimentConfig, workdir: str) -> lis
     return [f"resuming with a changed config: {k}: {a!r} -> {b!r}" for k, a, b in changes]
 
 
-def restore_step(saved: dict | None, new: ExperimentConfig, steps: list[int]) -> int:
-    """The checkpoint to resume from: -1 (the newest usable one) or train.restore_step, applied once."""
+def restore_step(saved: dict | None, new: ExperimentConfig, steps: list[int]) -> tuple[int, str | None]:
+    """(the checkpoint to resume from: -1 for the newest usable one, or train.restore_step applied once; a log
+    line when restore_step is not applied again)."""
     want = new.train.restore_step
     if want < 0:
-        return -1
+        return -1, None
     if saved is not None and saved["train"].restore_step == want and steps and max(steps) > want:
-        return -1  # the same command again: restore_step was applied by the run that wrote the newer ones
-    return want
+        # The same command again: the run that wrote the newer checkpoints already rolled back to `want`.
+        return -1, (f"train.restore_step={want} was applied by an earlier run of this workdir; resuming from the "
+                    "newest checkpoint (set another restore_step to roll back again)")
+    return want, None

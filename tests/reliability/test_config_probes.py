@@ -10,9 +10,11 @@ import ml_collections
 import pytest
 
 from dsv3_jax.data import corpus
-from dsv3_jax.experiment_config import DataConfig, ExperimentConfig, MeshConfig, TrainConfig
 from dsv3_jax.train.loop import train
 from tests.reliability.conftest import QUIET, micro
+
+# The typed config classes are imported in the tests that use them, so that the other probes also run (and
+# fail for what they check) against code without them.
 
 
 def _with(block, field, value):
@@ -39,11 +41,15 @@ def test_non_positive_steps_is_refused(steps, tmp_path):
 
 
 def test_warmup_longer_than_the_run_warns():
+    from dsv3_jax.experiment_config import TrainConfig
+
     with pytest.warns(UserWarning, match=r"train.warmup_steps=50 > train.steps=10"):
         TrainConfig(steps=10, warmup_steps=50)
 
 
 def test_misspelled_train_key_is_an_error_with_a_suggestion():
+    from dsv3_jax.experiment_config import ExperimentConfig
+
     cd = ml_collections.ConfigDict(micro().to_dict())
     cd.train.chekpoint_every = 5
     with pytest.raises(ValueError, match=r"train: unknown field\(s\) \['chekpoint_every'\] \(train.chekpoint_every "
@@ -58,6 +64,8 @@ def test_misspelled_data_key_is_never_a_silent_default():
 
 
 def test_unknown_block_and_unknown_model_field():
+    from dsv3_jax.experiment_config import ExperimentConfig
+
     d = micro().to_dict()
     with pytest.raises(ValueError, match=r"config: unknown field\(s\) \['optim'\]"):
         ExperimentConfig.from_dict({**d, "optim": {}})
@@ -68,6 +76,8 @@ def test_unknown_block_and_unknown_model_field():
 
 
 def test_eval_without_validation_data_is_refused_unless_switched_off():
+    from dsv3_jax.experiment_config import ExperimentConfig
+
     # Landed code: KeyError 'nll' at the first eval, before that step's checkpoint.
     cd = _with("data", "val_fraction", 0.0)
     with pytest.raises(ValueError, match=r"data.val_fraction=0 leaves no validation data, but "
@@ -93,11 +103,15 @@ def test_eval_without_validation_data_is_refused_unless_switched_off():
     ("mesh", "fsdp", -1, r"mesh: at most one axis may be -1, got \['mesh.data', 'mesh.fsdp'\]"),
 ])
 def test_bad_value_names_the_field(block, field, value, message):
+    from dsv3_jax.experiment_config import ExperimentConfig
+
     with pytest.raises(ValueError, match=message):
         ExperimentConfig.from_dict(_with(block, field, value))
 
 
 def test_defaults_live_in_the_dataclasses_only():
+    from dsv3_jax.experiment_config import DataConfig, ExperimentConfig, MeshConfig, TrainConfig
+
     cd = micro()
     assert set(cd.train) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert set(cd.data) == {f.name for f in dataclasses.fields(DataConfig)}

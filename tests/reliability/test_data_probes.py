@@ -8,7 +8,6 @@ import os
 import pytest
 
 from dsv3_jax.data import pipeline
-from dsv3_jax.experiment_config import DataConfig, TrainConfig
 from dsv3_jax.train.loop import train
 from tests.reliability.conftest import QUIET, micro, read_rows
 
@@ -29,6 +28,8 @@ def _no_val():
 
 
 def test_one_document_corpus_error_says_how_to_train_without_eval(tmp_path):
+    from dsv3_jax.experiment_config import DataConfig, TrainConfig
+
     (tmp_path / "only.txt").write_text("one document " * 50)
     data = DataConfig(source="files", path=str(tmp_path / "*.txt"), val_fraction=0.1)
     with pytest.raises(ValueError, match=r"the corpus has 1 document\(s\); .*set data.val_fraction=0 together "

@@ -63,7 +63,8 @@ def test_corrupt_latest_is_moved_aside_and_training_continues(workdir):
     warning = [m for m in log if m.startswith("warning: checkpoint 4")]
     assert len(warning) == 1 and "falling back to checkpoint 2" in warning[0]
     moved = os.path.join(workdir, "rejected_checkpoints", "4")
-    assert os.path.isfile(os.path.join(moved, "REASON.txt")) and os.path.isdir(os.path.join(moved, "state"))
+    assert os.path.isdir(os.path.join(moved, "state"))
+    assert open(os.path.join(moved, "REASON.txt")).read().startswith("checkpoint 4: state/ array ")
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4", "6"]  # 4 retrained and saved
     assert train_steps(workdir) == [1, 2, 3, 4, 5, 6]  # the first run's rows 3-4 were dropped, then retrained
 
@@ -79,6 +80,7 @@ def test_restore_step_rolls_back_once(workdir):
     log = []
     assert train(micro(steps=5, restore_step=2), workdir, log=log.append)["step"] == 5
     assert f"resumed from {os.path.join(workdir, 'checkpoints')} at step 4" in log
+    assert any(m.startswith("train.restore_step=2 was applied by an earlier run") for m in log)
     assert train_steps(workdir) == [1, 2, 3, 4, 5]
 
 

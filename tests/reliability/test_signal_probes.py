@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-from dsv3_jax.train.interrupt import StopSignal
 from tests.conftest import REPO
 from tests.reliability.conftest import train_steps
 
@@ -42,6 +41,8 @@ def test_sigterm_through_the_cli_saves_says_so_and_exits_143(tmp_path, config_fi
 
 
 def test_stop_signal_records_sigint_and_restores_the_handler():
+    from dsv3_jax.train.interrupt import StopSignal
+
     before = signal.getsignal(signal.SIGINT)
     with StopSignal() as stop:
         assert stop.requested() == 0
