@@ -13,7 +13,6 @@ never `cd.get(name, default)`.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any, Mapping
 
 import ml_collections
@@ -68,9 +67,13 @@ class TrainConfig:
 
     def __post_init__(self):
         check("train", self, _train_rules())
+
+    def warnings(self) -> list[str]:
+        """Accepted but probably unintended settings, as lines the training loop logs."""
         if self.warmup_steps > self.steps:
-            warnings.warn(f"train.warmup_steps={self.warmup_steps} > train.steps={self.steps}: the learning "
-                          f"rate never reaches train.lr={self.lr}", UserWarning, stacklevel=3)
+            return [f"warning: train.warmup_steps={self.warmup_steps} > train.steps={self.steps}: the learning "
+                    f"rate never reaches train.lr={self.lr}"]
+        return []
 
     @property
     def allowed_changes(self) -> tuple[str, ...]:

@@ -197,6 +197,8 @@ def train(cd, workdir: str, log=print) -> dict:
     t, primary = exp.train, jax.process_index() == 0
     log = log if primary else (lambda *a: None)
     tokenizer.check_vocab_size(exp.model.vocab_size)
+    for line in t.warnings():
+        log(line)
     saved = resume.saved_config(workdir)
     if checkpoint.list_steps(workdir):
         for note in resume.check_config(saved, exp, workdir):

@@ -28,7 +28,7 @@ def _with(block, field, value):
 def test_zero_interval_is_refused_before_the_workdir_exists(field, tmp_path):
     # Landed code: ZeroDivisionError after step 1.
     with pytest.raises(ValueError, match=rf"^train\.{field}=0: must be >= 1$"):
-        train(_with("train", field, 0), str(tmp_path / "run"), log=QUIET)
+        train(ml_collections.ConfigDict(_with("train", field, 0)), str(tmp_path / "run"), log=QUIET)
     assert not os.path.exists(tmp_path / "run")
 
 
@@ -36,15 +36,16 @@ def test_zero_interval_is_refused_before_the_workdir_exists(field, tmp_path):
 def test_non_positive_steps_is_refused(steps, tmp_path):
     # Landed code: exit 0 and a step-0 checkpoint.
     with pytest.raises(ValueError, match=rf"train\.steps={steps}: must be >= 1"):
-        train(_with("train", "steps", steps), str(tmp_path / "run"), log=QUIET)
+        train(ml_collections.ConfigDict(_with("train", "steps", steps)), str(tmp_path / "run"), log=QUIET)
     assert not os.path.exists(tmp_path / "run")
 
 
 def test_warmup_longer_than_the_run_warns():
     from dsv3_jax.experiment_config import TrainConfig
 
-    with pytest.warns(UserWarning, match=r"train.warmup_steps=50 > train.steps=10"):
-        TrainConfig(steps=10, warmup_steps=50)
+    assert TrainConfig(steps=10, warmup_steps=50).warnings() == [
+        "warning: train.warmup_steps=50 > train.steps=10: the learning rate never reaches train.lr=0.00022"]
+    assert TrainConfig(steps=10, warmup_steps=10).warnings() == []
 
 
 def test_misspelled_train_key_is_an_error_with_a_suggestion():
