@@ -66,15 +66,26 @@ def test_nan_at_the_first_step_says_there_is_no_checkpoint(tmp_path):
     assert Checkpointer(workdir, read_only=True).steps() == []
 
 
-def test_skip_mode_drops_bad_updates_and_goes_on(tmp_path):
+def test_skip_mode_drops_bad_updates_and_goes_on(tmp_path, monkeypatch):
+    """A NaN gradient injected at step 4 only (the optimizer's input, inside the jitted step): skip mode drops
+    that update and the run goes on from the unchanged state. (lr=30 explosions are chaotic: whether a later
+    step recovers depends on rounding, so the bad step is injected instead.)"""
+    apply_gradients = step_lib.apply_gradients
+
+    def poisoned(state, loss, aux, grads, *args, **kwargs):
+        grads = jax.tree.map(lambda g: jnp.where(state.step == 3, jnp.nan, g), grads)
+        return apply_gradients(state, loss, aux, grads, *args, **kwargs)
+
+    monkeypatch.setattr(step_lib, "apply_gradients", poisoned)
     workdir = str(tmp_path / "run")
     log = []
-    summary = train(micro(steps=8, nonfinite="skip", max_nonfinite_skips=10, **EXPLODE), workdir, log=log.append)
+    summary = train(micro(steps=8, nonfinite="skip", max_nonfinite_skips=10, checkpoint_every=1), workdir,
+                    log=log.append)
     assert summary["step"] == 8
     rows = [r for r in read_rows(workdir) if r["kind"] == "train"]
     assert [r["step"] for r in rows] == list(range(1, 9))
     dropped = [r["step"] for r in rows if r["finite"] == 0]
-    assert dropped and dropped[0] == 4 and any(r["finite"] for r in rows if r["step"] > dropped[0])  # recovered
+    assert dropped == [4]  # only the poisoned step; every later one is finite again
     assert [r["skipped_total"] for r in rows] == [sum(d <= r["step"] for d in dropped) for r in rows]
     assert sum("dropped (train.nonfinite='skip'" in m for m in log) == len(dropped)
     saved = _all_checkpoints_finite(workdir)

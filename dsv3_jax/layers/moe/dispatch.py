@@ -20,6 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from dsv3_jax import sharding
 from dsv3_jax.layers.linear import kernel_of
 
 
@@ -90,6 +91,11 @@ def _block_matmul_bwd(dtype, res, dy):
     dx = jnp.einsum("jbo,joi->jbi", dy, w_t, preferred_element_type=jnp.float32).astype(xb.dtype)
     dw = jnp.einsum("jbi,jbo->jio", xb.astype(dtype), dy, preferred_element_type=jnp.float32)
     dw = jax.ops.segment_sum(dw, block_expert, num_segments=w.shape[0], indices_are_sorted=True)
+    # Inside shard_map, w may be invariant along axes the tokens vary over (the local experts of an EP rank are
+    # shared by its data shards): its cotangent is the sum over those axes (the transpose of the implicit pvary).
+    extra = tuple(sorted(sharding.varying_axes(dw) - sharding.varying_axes(w)))
+    if extra:
+        dw = jax.lax.psum(dw, extra)
     return dx, dw.astype(w.dtype), None
 
 
