@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-import ml_collections
-
 from dsv3_jax.config import ModelConfig
 from dsv3_jax.config_fields import as_mapping, build, check, unknown_keys_error
 from dsv3_jax.data.config import DataConfig
@@ -162,7 +160,8 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: getattr(self, name).to_dict() for name in BLOCKS}
 
-    def to_configdict(self) -> ml_collections.ConfigDict:
+    def to_configdict(self) -> "ml_collections.ConfigDict":
+        import ml_collections  # imported here: the typed configs work without it (e.g. on a bare GPU host)
         return ml_collections.ConfigDict(self.to_dict())
 
     @classmethod
@@ -204,12 +203,13 @@ def flat_fields(exp) -> dict[str, Any]:
     return {f"{name}.{k}": v for name, block in blocks.items() for k, v in block.to_dict().items()}
 
 
-def experiment_config(model: dict) -> ml_collections.ConfigDict:
+def experiment_config(model: dict) -> "ml_collections.ConfigDict":
     """A full experiment ConfigDict: the given model fields and the default train/data/mesh blocks."""
     # Validate the model now (errors name the field) and list EVERY field, so any of them can be overridden
     # from the command line (--config.model.attention=gqa) or by an ablation. The cross-block checks run when
     # the run builds its ExperimentConfig, after the config file's own overrides.
     blocks = dict(model=_model_from_dict(model), train=TrainConfig(), data=DataConfig(), mesh=MeshConfig())
+    import ml_collections
     return ml_collections.ConfigDict({name: block.to_dict() for name, block in blocks.items()})
 
 
