@@ -58,12 +58,13 @@ def inputs(cfg, batch: int, seq: int, seed: int = 0):
     return nn.unbox(variables["params"]), router, {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
 
 
-def run_paths(cfg, params, router, batch, mesh) -> dict:
+def run_paths(cfg, params, router, batch, mesh, payloads=("compute", "fp8"),
+              dispatches=("ragged", "all_to_all")) -> dict:
     """{(dispatch, payload): (loss, grad norm)} for the forced EP paths and the local path."""
     out = {}
     with jax.default_matmul_precision("highest"):
-        for payload in ("compute", "fp8"):
-            for dispatch in ("ragged", "all_to_all"):
+        for payload in payloads:
+            for dispatch in dispatches:
                 c = cfg.replace(ep_dispatch=dispatch, ep_payload=payload)
                 out[(dispatch, payload)] = tuple(float(v) for v in loss_and_grad_fn(c, mesh)(params, router, batch))
         local = loss_and_grad_fn(cfg.replace(ep_dispatch="auto"), mesh)

@@ -1,4 +1,4 @@
-"""DeepSeek-V2-Lite 16B (official inference/configs/config_16B.json, REFERENCE §1): softmax gating, no q
+"""DeepSeek-V2-Lite 16B (official inference/configs/config_16B.json, docs/paper.md §1): softmax gating, no q
 compression, no groups, no aux-loss-free bias, no MTP."""
 
 from dsv3_jax.experiment_config import experiment_config

@@ -1,4 +1,4 @@
-"""DeepSeek-V3 671B (official inference/configs/config_671B.json, REFERENCE §1) with one MTP module."""
+"""DeepSeek-V3 671B (official inference/configs/config_671B.json, docs/paper.md §1) with one MTP module."""
 
 from dsv3_jax.experiment_config import experiment_config
 

@@ -1,70 +1,218 @@
-"""The one shape of an experiment config: model + train + data + mesh (ml-collections).
+"""The one shape of an experiment config: model + train + data + mesh, typed and validated.
 
-Config files in `configs/` call `experiment_config(model=...)` with their model fields and override the few
-train/data/mesh knobs they care about. `model_config(cd)` turns the `model` block into a validated ModelConfig.
+Config files in `configs/` call `experiment_config(model=...)`, which returns an ml-collections ConfigDict with
+EVERY field (so any of them can be overridden from the command line, --config.train.lr=1e-3) and override the
+few train/data/mesh knobs they care about. The training loop, the restore path and the CLIs then build the
+frozen `ExperimentConfig` from that dict exactly once (`ExperimentConfig.from_dict`): `ModelConfig`
+(config.py), `TrainConfig`, `DataConfig` (data/config.py) and `MeshConfig`. Unknown keys, values of the wrong
+type and out-of-range values are ValueErrors naming `block.field`; the dataclass defaults below (and in
+data/config.py and config.py) are the project's only defaults, so the rest of the code reads attributes and
+never `cd.get(name, default)`.
 """
 
 from __future__ import annotations
 
-import ml_collections
+import dataclasses
+from typing import Any, Mapping
 
 from dsv3_jax.config import ModelConfig
+from dsv3_jax.config_fields import as_mapping, build, check, unknown_keys_error
+from dsv3_jax.data.config import DataConfig
+from dsv3_jax.data.pipeline import check_seq_len
+
+BLOCKS = ("model", "train", "data", "mesh")
+NONFINITE_MODES = ("stop", "skip")
+PIPELINE_RESIDUALS = ("recompute", "store")
 
 
-def experiment_config(model: dict) -> ml_collections.ConfigDict:
-    """A full experiment ConfigDict with the project's default train/data/mesh settings."""
-    # Validate now (errors name the field) and list EVERY model field, so any of them can be overridden
-    # from the command line (--config.model.attention=gqa) or by an ablation.
-    cd = ml_collections.ConfigDict()
-    cd.model = ml_collections.ConfigDict(ModelConfig.from_dict(model).to_dict())
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimizer, schedules, intervals and the reliability switches of a run (train/loop.py)."""
 
-    cd.train = ml_collections.ConfigDict(dict(
-        seed=0,
-        steps=1000,
-        batch_size=16,  # global batch, sequences
-        seq_len=128,
-        # AdamW as V3 report §4.2.
-        lr=2.2e-4,
-        min_lr_ratio=0.1,  # 2.2e-4 -> 2.2e-5
-        warmup_steps=100,
-        b1=0.9,
-        b2=0.95,
-        weight_decay=0.1,
-        grad_clip=1.0,
-        bf16_moments=False,
-        # Loss weights and schedules (V3 report §4.2), scaled to the run.
-        mtp_lambda=0.3,
-        mtp_lambda_final=0.1,
-        balance_alpha=1e-4,
-        bias_update_speed=1e-3,  # gamma
-        # Pipeline parallelism, used when mesh.pipe > 1 (V3 report §3.2.1; train/pipeline_step.py).
-        pipeline_schedule="dualpipe",  # "1f1b" | "zb1p" | "dualpipe" | "dualpipev" (dualpipe needs pipe even)
-        pipeline_chunks=0,  # micro-batches per step; 0 = 2·pipe; batch_size must divide by chunks × data shards
-        pipeline_residuals="recompute",  # B/W recompute each stage's forward, or "store" F's vjp residuals
-        log_every=10,
-        eval_every=100,
-        eval_batches=8,  # val batches per eval (the val order is fixed, so this is the same sample each time)
-        checkpoint_every=200,
-        sample_tokens=200,  # greedy sample printed at the end (0 = none)
-        sample_prompt="def ",
-    ))
-    cd.data = ml_collections.ConfigDict(dict(
-        source="stdlib",  # "stdlib" | "files" | "synthetic" | "hf"
-        path="",  # glob of .txt/.jsonl files (source "files") or a dataset name (source "hf")
-        val_fraction=0.02,
-        max_docs=0,  # cap on documents (0 = all)
-        text_field="text",  # jsonl / hf column
-        skip_non_utf8=False,  # user files that are not UTF-8 are an error unless this is set
-        hf_config="",
-        hf_split="train",
-        synthetic_bytes=2_000_000,
-        seed=0,
-        backend="auto",  # "auto" | "grain" | "numpy" (same batches either way)
-    ))
-    cd.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, pipe=1, tensor=1))
-    return cd
+    seed: int = 0
+    steps: int = 1000
+    batch_size: int = 16  # global batch, sequences
+    seq_len: int = 128
+    # AdamW as V3 report §4.2.
+    lr: float = 2.2e-4
+    min_lr_ratio: float = 0.1  # 2.2e-4 -> 2.2e-5
+    warmup_steps: int = 100
+    b1: float = 0.9
+    b2: float = 0.95
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    bf16_moments: bool = False
+    # Loss weights and schedules (V3 report §4.2), scaled to the run.
+    mtp_lambda: float = 0.3
+    mtp_lambda_final: float = 0.1
+    balance_alpha: float = 1e-4
+    bias_update_speed: float = 1e-3  # gamma
+    # Pipeline parallelism, used when mesh.pipe > 1 (V3 report §3.2.1; train/pipeline_step.py).
+    pipeline_schedule: str = "dualpipe"  # "1f1b" | "zb1p" | "dualpipe" | "dualpipev" (dualpipe needs pipe even)
+    pipeline_chunks: int = 0  # micro-batches per step; 0 = 2·pipe; batch_size must divide by chunks × data shards
+    pipeline_residuals: str = "recompute"  # B/W recompute each stage's forward, or "store" F's vjp residuals
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 8  # val batches per eval (a fixed order: the same sample each time); 0 = no evaluation
+    checkpoint_every: int = 200
+    sample_tokens: int = 200  # greedy sample printed at the end (0 = none)
+    sample_prompt: str = "def "
+    # Reliability (train/finite.py, train/resume.py, train/restore.py).
+    nonfinite: str = "stop"  # a NaN/inf loss, gradient or update: "stop" the run, or "skip" (drop) that update
+    max_nonfinite_skips: int = 10  # "skip": stop after this many non-finite steps in a row
+    allow_config_change: str = ""  # comma-separated fields (e.g. "model.route_scale") a resume may change
+    restore_step: int = -1  # resume from exactly this checkpoint (-1: the newest usable one)
+
+    def __post_init__(self):
+        check("train", self, _train_rules())
+
+    def warnings(self) -> list[str]:
+        """Accepted but probably unintended settings, as lines the training loop logs."""
+        if self.warmup_steps > self.steps:
+            return [f"warning: train.warmup_steps={self.warmup_steps} > train.steps={self.steps}: the learning "
+                    f"rate never reaches train.lr={self.lr}"]
+        return []
+
+    @property
+    def allowed_changes(self) -> tuple[str, ...]:
+        """train.allow_config_change as a tuple of dotted field names."""
+        return tuple(s.strip() for s in self.allow_config_change.split(",") if s.strip())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        return build(cls, "train", d)
 
 
-def model_config(cd: ml_collections.ConfigDict) -> ModelConfig:
-    """The validated ModelConfig of an experiment ConfigDict."""
-    return ModelConfig.from_dict(cd.model.to_dict())
+def _train_rules():
+    from dsv3_jax.parallel.pipeline import SCHEDULE_NAMES  # lazy: keeps this module free of jax imports
+
+    positive = (lambda v: v >= 1, "must be >= 1")
+    unit = (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")
+    non_negative = (lambda v: v >= 0, "must be >= 0")
+    return {
+        "seed": non_negative, "steps": positive, "batch_size": positive, "seq_len": positive,
+        "lr": (lambda v: v > 0, "must be > 0"), "min_lr_ratio": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+        "warmup_steps": non_negative, "b1": unit, "b2": unit, "weight_decay": non_negative,
+        "grad_clip": (lambda v: v > 0, "must be > 0 (the global-norm clip)"),
+        "mtp_lambda": non_negative, "mtp_lambda_final": non_negative, "balance_alpha": non_negative,
+        "bias_update_speed": non_negative,
+        "pipeline_schedule": (lambda v: v in SCHEDULE_NAMES, f"must be one of {SCHEDULE_NAMES}"),
+        "pipeline_chunks": (lambda v: v >= 0, "must be >= 0 (0 = 2·mesh.pipe)"),
+        "pipeline_residuals": (lambda v: v in PIPELINE_RESIDUALS, f"must be one of {PIPELINE_RESIDUALS}"),
+        "log_every": positive, "eval_every": positive, "checkpoint_every": positive,
+        "eval_batches": (lambda v: v >= 0, "must be >= 0 (0 = no evaluation)"),
+        "sample_tokens": non_negative,
+        "nonfinite": (lambda v: v in NONFINITE_MODES, f"must be one of {NONFINITE_MODES}"),
+        "max_nonfinite_skips": positive,
+        "restore_step": (lambda v: v >= -1, "must be -1 (the newest usable checkpoint) or a step >= 0"),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh axis sizes (parallel/layout.py, sharding.py); one of them may be -1 = the rest."""
+
+    data: int = -1
+    fsdp: int = 1
+    expert: int = 1
+    pipe: int = 1
+    tensor: int = 1
+
+    def __post_init__(self):
+        size = (lambda v: v == -1 or v >= 1, "must be >= 1, or -1 for the devices left over")
+        check("mesh", self, {f.name: size for f in dataclasses.fields(self)})
+        free = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) == -1]
+        if len(free) > 1:
+            raise ValueError(f"mesh: at most one axis may be -1, got {['mesh.' + a for a in free]}")
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MeshConfig":
+        return build(cls, "mesh", d)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole run: the four typed blocks, cross-checked."""
+
+    model: ModelConfig
+    train: TrainConfig = TrainConfig()
+    data: DataConfig = DataConfig()
+    mesh: MeshConfig = MeshConfig()
+
+    def __post_init__(self):
+        check_seq_len(self.train.seq_len, self.model.max_seq_len)
+        if self.train.eval_batches and self.data.val_fraction == 0:
+            raise ValueError(f"data.val_fraction=0 leaves no validation data, but train.eval_batches="
+                             f"{self.train.eval_batches} asks for evaluation; set train.eval_batches=0 to "
+                             "train without evaluation, or a data.val_fraction > 0")
+        fields = set(flat_fields(self))
+        unknown = [name for name in self.train.allowed_changes if name not in fields]
+        if unknown:
+            raise ValueError(f"train.allow_config_change names unknown field(s) {unknown}; expected dotted "
+                             f"names such as 'model.route_scale' or 'data.path'")
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: getattr(self, name).to_dict() for name in BLOCKS}
+
+    def to_configdict(self) -> "ml_collections.ConfigDict":
+        import ml_collections  # imported here: the typed configs work without it (e.g. on a bare GPU host)
+        return ml_collections.ConfigDict(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "ExperimentConfig":
+        """From a ConfigDict (e.g. --config=configs/tiny.py), a mapping or an ExperimentConfig (returned as is);
+        a missing train/data/mesh block takes the defaults, a missing model block is an error."""
+        return d if isinstance(d, cls) else cls(**typed_blocks(d))
+
+
+def typed_blocks(d: Any) -> dict[str, Any]:
+    """{"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "mesh": MeshConfig} of a config mapping,
+    each block validated on its own (ExperimentConfig adds the cross-block checks)."""
+    d = as_mapping(d)
+    unknown = [k for k in d if k not in BLOCKS]
+    if unknown:
+        raise unknown_keys_error("config", unknown, BLOCKS)
+    if "model" not in d:
+        raise ValueError("config: no model block; expected the keys model, train, data, mesh")
+    return dict(model=_model_from_dict(d["model"]), train=TrainConfig.from_dict(d.get("train")),
+                data=DataConfig.from_dict(d.get("data")), mesh=MeshConfig.from_dict(d.get("mesh")))
+
+
+def _model_from_dict(d: Any) -> ModelConfig:
+    d = as_mapping(d)
+    names = [f.name for f in dataclasses.fields(ModelConfig)]
+    unknown = [k for k in d if k not in names]
+    if unknown:
+        raise unknown_keys_error("model", unknown, names)
+    try:
+        return ModelConfig.from_dict(d)
+    except TypeError as e:  # a required field is missing
+        raise ValueError(f"model: {e}") from None
+
+
+def flat_fields(exp) -> dict[str, Any]:
+    """{"block.field": value} over the four blocks of an ExperimentConfig or a typed_blocks dict (what config
+    diffs and train.allow_config_change talk about)."""
+    blocks = exp if isinstance(exp, dict) else {name: getattr(exp, name) for name in BLOCKS}
+    return {f"{name}.{k}": v for name, block in blocks.items() for k, v in block.to_dict().items()}
+
+
+def experiment_config(model: dict) -> "ml_collections.ConfigDict":
+    """A full experiment ConfigDict: the given model fields and the default train/data/mesh blocks."""
+    # Validate the model now (errors name the field) and list EVERY field, so any of them can be overridden
+    # from the command line (--config.model.attention=gqa) or by an ablation. The cross-block checks run when
+    # the run builds its ExperimentConfig, after the config file's own overrides.
+    blocks = dict(model=_model_from_dict(model), train=TrainConfig(), data=DataConfig(), mesh=MeshConfig())
+    import ml_collections
+    return ml_collections.ConfigDict({name: block.to_dict() for name, block in blocks.items()})
+
+
+def model_config(cd) -> ModelConfig:
+    """The validated ModelConfig of an experiment ConfigDict (or mapping)."""
+    return _model_from_dict(as_mapping(cd)["model"])

@@ -152,7 +152,7 @@ def mesh_axes_for(logical: str) -> tuple[str, ...]:
 
 
 def expert_axis() -> str:
-    """The one mesh axis routed experts are split over (expert parallelism, parallel/expert.py)."""
+    """The one mesh axis routed experts are split over (expert parallelism, layers/moe/ep.py)."""
     (axis,) = mesh_axes_for("expert")
     return axis
 

@@ -1,14 +1,17 @@
 """Multi-host training on one machine: two processes x 4 CPU devices (gloo collectives, jax.distributed via
 dsv3-train's --coordinator_address/--num_processes/--process_id) train the tiny EP model for 3 steps with
 the same losses as one process with 8 devices; the checkpoint the two processes wrote restores in one
-process onto a different mesh and equals the one-process run's. Subprocesses are bounded in time and only
-the ones this test started are killed."""
+process onto a different mesh and equals the one-process run's. A SIGTERM sent to ONE of two processes stops
+both after the same step, with one checkpoint of that step. Subprocesses are bounded in time and only the
+ones this test started are killed."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -79,7 +82,8 @@ opt = optim.make_optimizer(cd.train)
 shardings = layout.state_shardings(cfg, opt, mesh, cd.train.seq_len)
 abstract = jax.eval_shape(lambda: init_state(cfg, opt, 0, cd.train.seq_len))
 target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-states = [checkpoint.Checkpointer(d).restore_latest(target) for d in sys.argv[2:4]]
+ckpts = [checkpoint.Checkpointer(d) for d in sys.argv[2:4]]
+states = [c.restore(c.latest_step(), target) for c in ckpts]
 (a, data_a), (b, data_b) = states
 w1 = a.params["moe_layers"]["moe"]["routed_experts"]["w1"]
 diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -118,3 +122,32 @@ def test_two_processes_train_like_one_and_checkpoint_moves_mesh(tmp_path):
     assert out["step"] == 3 and out["data_equal"] and out["max_diff"] <= 1e-5, out
     assert "None, 'expert'" in out["w1_spec"] and out["w1_shard"] == [1, 2, 32, 16], out  # 8 experts / 4
     assert out["mu_spec"] == out["w1_spec"] and out["bias_spec"] in ("P()", "PartitionSpec()"), out  # ZeRO
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+    # Landed code: each process handled SIGTERM alone, so the other one hung in the next step's collectives.
+    (tmp_path / "cfg.py").write_text(CONFIG)
+    port, workdir = _free_port(), tmp_path / "two"
+    procs = {f"process_{pid}": _launch(tmp_path, f"process_{pid}", 4, f"--workdir={workdir}",
+                                       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                                       f"--process_id={pid}", "--config.train.steps=1000")
+             for pid in (0, 1)}
+    try:
+        deadline = time.time() + TIMEOUT_S
+        while time.time() < deadline and all(p.poll() is None for p in procs.values()):
+            if (workdir / "metrics.jsonl").exists() and len(_train_rows(workdir)) >= 2:
+                break
+            time.sleep(0.05)
+        procs["process_1"].send_signal(signal.SIGTERM)  # process 0 never gets a signal
+        for p in procs.values():
+            p.wait(timeout=TIMEOUT_S)
+    finally:
+        for p in procs.values():  # only our own children, by their handles
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    codes = {name: p.returncode for name, p in procs.items()}
+    assert codes == {"process_0": 143, "process_1": 143}, (codes, (tmp_path / "process_0.log").read_text()[-3000:])
+    last = max(_train_rows(workdir))
+    assert last < 1000 and sorted(os.listdir(workdir / "checkpoints")) == [str(last)]
+    assert f"interrupted at step {last} (SIGTERM), checkpoint saved" in (tmp_path / "process_0.log").read_text()

@@ -1,13 +1,15 @@
 """`dsv3-convert`: Hugging Face DeepSeek-V2/V3 checkpoints <-> dsv3_jax.
 
     dsv3-convert --from-hf=HF_DIR --to=PARAMS_DIR [--dtype=bfloat16] [--keep-fp8] [--no-mtp] [--overwrite]
-    dsv3-convert --to-hf=HF_DIR --from=SRC [--dtype=bfloat16] [--shard-size=5GB] [--overwrite]
+    dsv3-convert --to-hf=HF_DIR --from=SRC [--step=N] [--dtype=bfloat16] [--shard-size=5GB] [--overwrite]
     python -m dsv3_jax.cli.convert ...          # the same
 
 HF_DIR: config.json + safetensors shards (FP8 + weight_scale_inv supported). PARAMS_DIR: model_config.json +
 an orbax `variables/` checkpoint ({'params', 'router'}). SRC: a params directory or a dsv3-train workdir
-(its latest checkpoint). Outputs are written to a temporary sibling and renamed when complete. The conversion
-code lives in dsv3_jax.interop; this file only parses flags.
+(the model variables of its newest usable checkpoint, or --step=N; an unusable checkpoint is reported on one
+line and the previous one is used). Outputs are written to a temporary sibling, renamed when complete, and
+honour the umask. Orbax's INFO logs are shown only with -v. The conversion code lives in dsv3_jax.interop;
+this file only parses flags.
 """
 
 from __future__ import annotations
@@ -30,12 +32,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep-fp8", action="store_true", help="keep FP8 weights + block scales (from HF)")
     p.add_argument("--no-mtp", action="store_true", help="skip the MTP layers (from HF)")
     p.add_argument("--shard-size", default="5GB", help="max bytes per safetensors shard (to HF), e.g. 5GB")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step of a training workdir (--from)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("-v", "--verbose", action="store_true", help="show orbax's INFO logs")
     args = p.parse_args(argv)
     if args.from_hf and not args.to:
         p.error("--from-hf needs --to=PARAMS_DIR")
     if args.to_hf and not args.src:
         p.error("--to-hf needs --from=PARAMS_DIR_OR_WORKDIR")
+    if args.step is not None and (args.from_hf or args.step < 0):
+        p.error("--step needs --to-hf with a training workdir as --from, and a step >= 0")
     return args
 
 
@@ -47,13 +53,16 @@ def run(args: argparse.Namespace) -> str:
         cfg, variables = hf.load_hf_checkpoint(args.from_hf, keep_fp8=args.keep_fp8,
                                                dtype=args.dtype or "float32", mtp=not args.no_mtp)
         return jax_dirs.save_params_dir(cfg, variables, args.to, overwrite=args.overwrite)
-    cfg, variables = jax_dirs.load_jax_source(args.src)
+    cfg, variables = jax_dirs.load_jax_source(args.src, args.step)
     return hf.save_hf_checkpoint(cfg, variables, args.to_hf, shard_size=args.shard_size,
                                  dtype=args.dtype, overwrite=args.overwrite)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from absl import logging
+
+    logging.set_verbosity(logging.INFO if args.verbose else logging.WARNING)
     try:
         out = run(args)
     except ValueError as e:

@@ -1,7 +1,10 @@
 """`dsv3-generate --workdir=runs/tiny --prompt="def "`: stream text from the latest checkpoint of a run.
 
-Only parses flags and calls dsv3_jax.infer (the CLI and the library share one code path). The model config comes from
-workdir/config.json (saved by dsv3-train), or from --config=configs/<name>.py when that file is missing.
+Only parses flags and calls dsv3_jax.infer. The model config comes from workdir/config.json (saved by
+dsv3-train), or from --config=configs/<name>.py when that file is missing. Only the model variables of the
+newest usable checkpoint (or --step=N) are read, never the optimizer state; an unusable checkpoint (corrupt,
+incomplete or non-finite) is reported on one line and the previous one is used. Every argument is checked
+before anything is printed; orbax's INFO logs are shown only with -v 0 (or --verbosity=0).
 Byte tokenizer: the prompt is BOS + its UTF-8 bytes; generation stops at EOS (or --stop_tokens).
 """
 
@@ -26,6 +29,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _STOP = flags.DEFINE_list("stop_tokens", ["257"], "Token ids that end a sequence (default: EOS).")
 _SPECULATIVE = flags.DEFINE_bool("speculative", False, "MTP speculative decoding (needs model.mtp_depth >= 1).")
 _CACHE = flags.DEFINE_enum("cache", "absorb", ["absorb", "naive"], "KV cache layout: MLA latent or full K/V.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the newest usable one).")
 
 
 class ByteStream:
@@ -45,19 +49,37 @@ class ByteStream:
         self.out.flush()
 
 
+def _check_request(cfg, ids, max_new_tokens, stop_tokens, speculative):
+    """Every error generate() would raise for these arguments, before anything is printed."""
+    from dsv3_jax.infer.generate import cache_length, pad_prompts
+
+    bad = [t for t in stop_tokens if not 0 <= int(t) < cfg.vocab_size]
+    if bad:
+        raise ValueError(f"--stop_tokens: token ids must be in [0, vocab_size={cfg.vocab_size}), got {bad}")
+    if speculative and cfg.mtp_depth < 1:
+        raise ValueError("--speculative needs MTP modules (model.mtp_depth >= 1); this model has mtp_depth=0")
+    tokens, _ = pad_prompts(ids)
+    cache_length(cfg, tokens.shape[1], max_new_tokens + (cfg.mtp_depth + 1 if speculative else 0))
+
+
 def run(workdir, prompts, *, config=None, max_new_tokens=200, sampling=None, seed=0, stop_tokens=(257,),
-        speculative=False, absorb=True, out=None, err=None):
+        speculative=False, absorb=True, out=None, err=None, step=None):
     """The CLI's work, callable from Python: returns the GenerateResult (and prints the text)."""
     out, err = out or sys.stdout, err or sys.stderr
+    if max_new_tokens < 1:
+        raise ValueError(f"--max_new_tokens: must be >= 1, got {max_new_tokens}")
+    if not prompts:
+        raise ValueError("--prompt: expected at least one prompt")
     from dsv3_jax.data import tokenizer
     from dsv3_jax.infer.generate import generate
     from dsv3_jax.infer.restore import load_workdir
     from dsv3_jax.infer.sampling import SamplingParams
     from dsv3_jax.infer.speculative import speculative_generate
 
-    cfg, variables, step = load_workdir(workdir, config)
+    cfg, variables, step = load_workdir(workdir, config, step)
     tokenizer.check_vocab_size(cfg.vocab_size)
     ids = [list(tokenizer.encode(p, bos=True)) for p in prompts]
+    _check_request(cfg, ids, max_new_tokens, stop_tokens, speculative)
     stream = ByteStream(out) if len(prompts) == 1 else None
     if stream:
         stream.write(ids[0])
@@ -87,13 +109,22 @@ def run(workdir, prompts, *, config=None, max_new_tokens=200, sampling=None, see
 def _run(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from absl import logging
+
+    if not flags.FLAGS["verbosity"].present:  # keep orbax's INFO lines out of the output (-v 0 shows them)
+        logging.set_verbosity(logging.WARNING)
     from dsv3_jax.infer.sampling import SamplingParams  # after flag parsing: jax starts here
 
     try:
         sampling = SamplingParams(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
+        if not all(s.strip().lstrip("-").isdigit() for s in _STOP.value):
+            raise ValueError(f"--stop_tokens: expected comma-separated token ids, got {','.join(_STOP.value)!r}")
+        if _STEP.value is not None and _STEP.value < 0:
+            raise ValueError(f"--step: must be a checkpoint step >= 0, got {_STEP.value}")
         stop = [int(s) for s in _STOP.value]
         run(_WORKDIR.value, _PROMPT.value, config=_CONFIG.value, max_new_tokens=_MAX_NEW.value, sampling=sampling,
-            seed=_SEED.value, stop_tokens=stop, speculative=_SPECULATIVE.value, absorb=_CACHE.value == "absorb")
+            seed=_SEED.value, stop_tokens=stop, speculative=_SPECULATIVE.value, absorb=_CACHE.value == "absorb",
+            step=_STEP.value)
     except ValueError as e:
         print(f"dsv3-generate: error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -4,6 +4,11 @@ Only parses flags and calls `dsv3_jax.train.loop.train` (the CLI and the library
 process per host (or per GPU) with --coordinator_address=HOST:PORT --num_processes=N --process_id=I, or the
 environment variables JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or under SLURM / Open
 MPI with none of them (parallel/distributed.py); the mesh comes from --config.mesh.*.
+
+Exit status: 0 when train.steps are done; 1 on bad input or a non-finite step (one `dsv3-train: error:` line,
+naming the field or the last good checkpoint); 128 + the signal number (143 for SIGTERM, 130 for SIGINT) when
+a signal stopped the run after saving a checkpoint: rerun the same command to resume. Orbax's INFO logs are
+shown only with -v 0 (or --verbosity=0).
 """
 
 from __future__ import annotations
@@ -31,15 +36,20 @@ def _run(argv):
     if not flags.FLAGS["verbosity"].present:  # keep orbax's INFO lines off the progress bar (-v 0 shows them)
         logging.set_verbosity(logging.WARNING)
 
+    import signal
+
     from dsv3_jax.parallel import distributed
-    from dsv3_jax.train.loop import NonFiniteLossError, train
+    from dsv3_jax.train.loop import NonFiniteError, train
 
     try:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         summary = train(_CONFIG.value, _WORKDIR.value)
-    except (ValueError, NonFiniteLossError) as e:
+    except (ValueError, NonFiniteError) as e:
         print(f"dsv3-train: error: {e}", file=sys.stderr)
         sys.exit(1)
+    interrupted = summary.pop("interrupted", None)
+    if interrupted:  # the loop printed where the checkpoint is; the status tells a scheduler to requeue
+        sys.exit(128 + signal.Signals[interrupted].value)
     if jax.process_index() != 0:  # one summary per run
         return
     sample = summary.pop("sample", None)

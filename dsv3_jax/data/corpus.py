@@ -31,11 +31,10 @@ import json
 import os
 import platform
 import sysconfig
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from dsv3_jax.data import synthetic
-
-SOURCES = ("stdlib", "files", "synthetic", "hf")
+from dsv3_jax.data.config import SOURCES, DataConfig
 STDLIB_PRUNED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests",
                                 "idle_test"})
 
@@ -73,34 +72,21 @@ class Corpus:
         return line
 
 
-def field(cfg: Any, name: str, default: Any) -> Any:
-    """`cfg.name` for a ConfigDict or a mapping, or `default` when the field is absent."""
-    value = cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
-    return default if value is None else value
-
-
-def load_corpus(data_cfg: Any) -> Corpus:
-    """The Corpus named by a `data` config block (see the module docstring for the fields)."""
-    source = field(data_cfg, "source", "stdlib")
-    path = field(data_cfg, "path", "")
-    max_docs = int(field(data_cfg, "max_docs", 0))
-    text_field = field(data_cfg, "text_field", "text")
-    if path and source in ("stdlib", "synthetic"):
-        raise ValueError(f"data.path={path!r} is set but data.source={source!r} does not read it; "
-                         f"use data.source='files' (a glob) or 'hf' (a dataset name), or clear data.path")
-    if source == "stdlib":
-        return load_stdlib(max_files=max_docs or None)
-    if source == "files":
-        return load_files(path, text_field=text_field, max_docs=max_docs,
-                          skip_non_utf8=bool(field(data_cfg, "skip_non_utf8", False)))
-    if source == "hf":
-        return load_hf(path, config=field(data_cfg, "hf_config", "") or None,
-                       split=field(data_cfg, "hf_split", "train"), text_field=text_field, max_docs=max_docs)
-    if source == "synthetic":
-        n = int(field(data_cfg, "synthetic_bytes", synthetic.DEFAULT_BYTES))
-        docs = synthetic.documents(n, seed=int(field(data_cfg, "seed", 0)))
-        return _make_corpus(f"synthetic ({n} bytes)", [Document(k, v) for k, v in docs], [])
-    raise ValueError(f"data.source={source!r} is not one of {SOURCES}")
+def load_corpus(data_cfg: DataConfig | Mapping[str, Any]) -> Corpus:
+    """The Corpus named by a `data` config block (a DataConfig, or a mapping validated into one; see the module
+    docstring for the fields)."""
+    c = DataConfig.coerce(data_cfg)
+    if c.source == "stdlib":
+        return load_stdlib(max_files=c.max_docs or None)
+    if c.source == "files":
+        return load_files(c.path, text_field=c.text_field, max_docs=c.max_docs, skip_non_utf8=c.skip_non_utf8)
+    if c.source == "hf":
+        return load_hf(c.path, config=c.hf_config or None, split=c.hf_split, text_field=c.text_field,
+                       max_docs=c.max_docs)
+    if c.source == "synthetic":
+        docs = synthetic.documents(c.synthetic_bytes, seed=c.seed)
+        return _make_corpus(f"synthetic ({c.synthetic_bytes} bytes)", [Document(k, v) for k, v in docs], [])
+    raise ValueError(f"data.source={c.source!r} is not one of {SOURCES}")  # unreachable: DataConfig checks it
 
 
 def _make_corpus(description: str, docs: Sequence[Document], skipped: Sequence[str]) -> Corpus:
@@ -274,7 +260,8 @@ def split_documents(docs: Sequence[Document], val_fraction: float) -> tuple[tupl
         return tuple(docs), ()
     if len(docs) < 2:
         raise ValueError(f"data.val_fraction={val_fraction} splits by document but the corpus has "
-                         f"{len(docs)} document(s); provide more files/records or set data.val_fraction=0")
+                         f"{len(docs)} document(s); provide more files/records, or set data.val_fraction=0 "
+                         f"together with train.eval_batches=0 (no evaluation)")
     k = min(len(docs) - 1, max(1, round(val_fraction * len(docs))))
     ranked = sorted(range(len(docs)), key=lambda i: (_name_hash(docs[i].name), docs[i].name))
     val_ids = set(ranked[:k])

@@ -31,11 +31,12 @@ import dataclasses
 import hashlib
 import logging
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from dsv3_jax.data import baseline, corpus, packing, sampler
+from dsv3_jax.data.config import BACKENDS, DataConfig
 from dsv3_jax.data.tokenizer import PAD_ID
 
 try:
@@ -44,7 +45,6 @@ except ImportError:  # optional at runtime: the built-in iterator gives the same
     grain = None
 
 STATE_FORMAT = "dsv3_jax.data.TrainIterator/1"
-BACKENDS = ("auto", "grain", "numpy")
 VAL_ORDER_SEED = 0
 _MAX_BATCHES = 2**62  # "infinite" index range for grain's MapDataset
 _warned_no_grain = []
@@ -226,20 +226,21 @@ class ValBatches:
             yield packing.split_inputs_targets(windows[self._rows])
 
 
-def make_datasets(data_cfg: Any, train_cfg: Any, max_seq_len: int, process_index: int = 0,
-                  process_count: int = 1) -> tuple[TrainIterator, Callable[..., Iterator[dict]]]:
-    """(train_iter, val_batches_fn) for the training loop, from the `data` and `train` config blocks.
+def make_datasets(data_cfg: DataConfig | Mapping[str, Any], train_cfg: Any, max_seq_len: int,
+                  process_index: int = 0, process_count: int = 1
+                  ) -> tuple[TrainIterator, Callable[..., Iterator[dict]]]:
+    """(train_iter, val_batches_fn) for the training loop, from the `data` block (a DataConfig, or a mapping
+    validated into one) and the train block's seq_len, batch_size and seed (experiment_config.TrainConfig).
 
     `val_batches_fn(max_batches=None)` returns a fresh iterator; `train_iter.info` and `val_batches_fn.info`
     hold the DataInfo (corpus summary, sizes, val byte-unigram baseline).
     """
-    seq_len = int(corpus.field(train_cfg, "seq_len", 0))
-    batch_size = int(corpus.field(train_cfg, "batch_size", 0))
+    data_cfg = DataConfig.coerce(data_cfg)
+    seq_len, batch_size, seed = int(train_cfg.seq_len), int(train_cfg.batch_size), int(train_cfg.seed)
     check_seq_len(seq_len, max_seq_len)
     host_rows(batch_size, process_index, process_count)
     full = corpus.load_corpus(data_cfg)
-    train_docs, val_docs = corpus.split_documents(full.documents,
-                                                  float(corpus.field(data_cfg, "val_fraction", 0.02)))
+    train_docs, val_docs = corpus.split_documents(full.documents, data_cfg.val_fraction)
     train_stream = packing.pack_documents([d.text for d in train_docs])
     val_stream = packing.pack_documents([d.text for d in val_docs])
     n = packing.num_windows(len(train_stream), seq_len)
@@ -248,6 +249,6 @@ def make_datasets(data_cfg: Any, train_cfg: Any, max_seq_len: int, process_index
         train_tokens=len(train_stream), val_tokens=len(val_stream), train_windows=n,
         train_tokens_left_out=max(0, len(train_stream) - 1 - n * seq_len),
         val_unigram_bits_per_byte=baseline.unigram_bits_per_byte(val_stream) if val_docs else math.nan)
-    train_iter = TrainIterator(train_stream, seq_len, batch_size, int(corpus.field(train_cfg, "seed", 0)),
-                               process_index, process_count, info, corpus.field(data_cfg, "backend", "auto"))
+    train_iter = TrainIterator(train_stream, seq_len, batch_size, seed, process_index, process_count, info,
+                               data_cfg.backend)
     return train_iter, ValBatches(val_stream, seq_len, batch_size, process_index, process_count, info)

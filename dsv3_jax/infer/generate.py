@@ -1,34 +1,31 @@
-"""Plain autoregressive generation: prefill the prompts, then a Python loop over a jitted sample + decode step.
+"""Plain autoregressive generation with the whole loop on the device: prefill the prompts, then one jitted
+`lax.while_loop` of (sample, record, decode_step) with sampling, stop tokens and max_new_tokens evaluated on
+the device (emit.py), so no token makes a host round trip.
 
-Stops per sequence at a stop token (kept as its last generated token) or after max_new_tokens; the loop ends
-when every sequence has stopped. `on_tokens(new)` is called after each step with, per sequence, the list of
-tokens it took in that step (empty once it has stopped), for streaming.
-
+Streaming: with `on_tokens`, the loop runs `stream_every` steps per device call and `on_tokens(new)` gets,
+per sequence, the list of tokens it took in those steps (empty once it has stopped); without it, one call runs
+to the end. Every sequence stops at a stop token (kept as its last generated token) or after max_new_tokens.
 Legend: B batch, T prompt width, V vocab.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Callable, Sequence
 
+import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from dsv3_jax.infer import emit
 from dsv3_jax.infer.cache import init_cache
-from dsv3_jax.infer.decode import decode_step, prefill
+from dsv3_jax.infer.decode import extend, prefill
+from dsv3_jax.infer.emit import Emitted, GenerateResult
 from dsv3_jax.infer.sampling import SamplingParams, sample
+from dsv3_jax.layers.kv_cache import KVCache
 
-
-@dataclasses.dataclass
-class GenerateResult:
-    tokens: np.ndarray  # [B, max_new_tokens] generated ids; `pad_id` after each sequence's end
-    num_tokens: np.ndarray  # [B] generated tokens per sequence (a stop token included)
-    stopped: np.ndarray  # [B] bool: ended on a stop token (else on max_new_tokens)
-
-    def sequences(self) -> list[np.ndarray]:
-        return [self.tokens[b, :n] for b, n in enumerate(self.num_tokens)]
+__all__ = ["GenerateResult", "generate", "pad_prompts", "cache_length"]
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple: int = 8):
@@ -56,60 +53,51 @@ def cache_length(cfg, prompt_width: int, needed: int) -> int:
     return total
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _sample(rng, logits, sp):
-    return sample(rng, logits, sp)
+@flax.struct.dataclass
+class LoopState:
+    cache: KVCache
+    logits: jnp.ndarray  # [B, V] for the next token
+    out: Emitted
+    rng: jnp.ndarray
 
 
-class StopTracker:
-    """Per-sequence bookkeeping of generated tokens, stop tokens and max_new_tokens."""
+@functools.partial(jax.jit, static_argnums=(0, 3, 4), donate_argnames="state")
+def run_steps(cfg, variables, state: LoopState, steps: int, sp: SamplingParams, stop):
+    """Up to `steps` (sample, record, decode) iterations, ending early when every sequence is done."""
+    def body(s):
+        rng, key = jax.random.split(s.rng)
+        tok = sample(key, s.logits, sp)
+        out = emit.take(s.out, tok[:, None], jnp.ones_like(tok), stop)
 
-    def __init__(self, batch: int, max_new_tokens: int, stop_tokens: Sequence[int], pad_id: int):
-        self.tokens = np.full((batch, max_new_tokens), pad_id, np.int32)
-        self.count = np.zeros(batch, np.int32)
-        self.stopped = np.zeros(batch, bool)
-        self.stop = np.asarray(sorted(set(int(s) for s in stop_tokens)), np.int32)
-        self.max_new = max_new_tokens
+        def decode(cache):
+            cache, logits, _ = extend(cfg, variables, cache, tok[:, None])
+            return cache.replace(lengths=cache.lengths + 1), logits[:, 0]
+        cache, logits = jax.lax.cond(jnp.all(out.done), lambda c: (c, s.logits), decode, s.cache)  # no last step
+        return LoopState(cache=cache, logits=logits, out=out, rng=rng)
 
-    @property
-    def active(self) -> np.ndarray:
-        return ~self.stopped & (self.count < self.max_new)
-
-    def add(self, b: int, toks: Sequence[int]) -> list[int]:
-        """Append tokens to row b until it stops; returns the tokens actually taken."""
-        taken = []
-        for t in toks:
-            if not (not self.stopped[b] and self.count[b] < self.max_new):
-                break
-            self.tokens[b, self.count[b]] = t
-            self.count[b] += 1
-            taken.append(int(t))
-            self.stopped[b] = bool(np.isin(t, self.stop))
-        return taken
-
-    def result(self) -> GenerateResult:
-        return GenerateResult(self.tokens, self.count.copy(), self.stopped.copy())
+    return emit.until_done(body, state, steps)
 
 
 def generate(cfg, variables, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              sampling: SamplingParams = SamplingParams(), stop_tokens: Sequence[int] = (), seed: int = 0,
              absorb: bool | None = None, pad_id: int = 0,
-             on_tokens: Callable[[list[list[int]]], None] | None = None) -> GenerateResult:
+             on_tokens: Callable[[list[list[int]]], None] | None = None, stream_every: int = 16) -> GenerateResult:
     """Generate up to max_new_tokens per prompt (token-id lists of different lengths) with the cached decoder."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: must be >= 1, got {max_new_tokens}")
+    if stream_every < 1:
+        raise ValueError(f"stream_every: must be >= 1, got {stream_every}")
     tokens, lengths = pad_prompts(prompts, pad_id)
     cache = init_cache(cfg, len(prompts), cache_length(cfg, tokens.shape[1], max_new_tokens), absorb=absorb)
     cache, logits = prefill(cfg, variables, tokens, lengths, cache)
-    tracker = StopTracker(len(prompts), max_new_tokens, stop_tokens, pad_id)
-    rng = jax.random.key(seed)
+    state = LoopState(cache=cache, logits=logits, out=Emitted.empty(len(prompts), max_new_tokens, pad_id),
+                      rng=jax.random.key(seed))
+    stop = jnp.asarray(emit.stop_array(stop_tokens))
+    steps = stream_every if on_tokens is not None else max_new_tokens
     while True:
-        rng, key = jax.random.split(rng)
-        tok = _sample(key, logits, sampling)
-        host, active = np.asarray(tok), tracker.active
-        new = [tracker.add(b, [host[b]]) if active[b] else [] for b in range(len(prompts))]
+        before = np.asarray(state.out.count)
+        state = run_steps(cfg, variables, state, steps, sampling, stop)
         if on_tokens is not None:
-            on_tokens(new)
-        if not tracker.active.any():
-            return tracker.result()
-        cache, logits = decode_step(cfg, variables, cache, tok)
+            on_tokens(emit.new_since(state.out, before))
+        if bool(jnp.all(state.out.done)):
+            return GenerateResult.of(state.out)

@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dsv3_jax.infer import acceptance, mtp_draft
+from dsv3_jax.infer import acceptance, emit, mtp_draft
 from dsv3_jax.infer.cache import MTP_GROUP, KVCache, init_cache
 from dsv3_jax.infer.decode import check_prompts, extend
-from dsv3_jax.infer.generate import StopTracker, cache_length, pad_prompts
+from dsv3_jax.infer.generate import cache_length, pad_prompts
 from dsv3_jax.infer.sampling import SamplingParams, sample, token_probs
 
 
@@ -122,12 +122,41 @@ class SpecStats:
         return self.emitted / max(self.rounds, 1)
 
 
+@flax.struct.dataclass
+class SpecLoop:
+    spec: SpecState
+    out: emit.Emitted
+    rng: jnp.ndarray
+    rounds: jnp.ndarray  # int32 []: row-rounds of active sequences
+    emitted: jnp.ndarray  # int32 []: tokens the rounds emitted for active sequences
+    accepted: jnp.ndarray  # int32 [D]: active row-rounds whose draft j+1 was accepted
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4), donate_argnames="loop")
+def run_rounds(cfg, variables, loop: SpecLoop, rounds: int, sp: SamplingParams, stop):
+    """Up to `rounds` verify/accept/draft rounds on the device, ending early when every sequence is done."""
+    d = cfg.mtp_depth
+
+    def body(lp):
+        rng, key = jax.random.split(lp.rng)
+        active = ~lp.out.done
+        spec, emitted, a = spec_round(cfg, variables, lp.spec, sp, key)
+        out = emit.take(lp.out, emitted, a + 1, stop)
+        n = active.astype(jnp.int32)
+        accepted = lp.accepted + jnp.sum((a[:, None] > jnp.arange(d)[None, :]) * n[:, None], axis=0)
+        return SpecLoop(spec=spec, out=out, rng=rng, rounds=lp.rounds + jnp.sum(n),
+                        emitted=lp.emitted + jnp.sum((a + 1) * n), accepted=accepted)
+
+    return emit.until_done(body, loop, rounds)
+
+
 def speculative_generate(cfg, variables, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                          sampling: SamplingParams = SamplingParams(), stop_tokens: Sequence[int] = (),
                          seed: int = 0, absorb: bool | None = None, pad_id: int = 0,
-                         on_tokens: Callable[[list[list[int]]], None] | None = None):
-    """Like generate.generate, with MTP drafts verified D+1 at a time. Returns (GenerateResult, SpecStats).
-    on_tokens receives, after the prefill and each round, the list of tokens each row emitted."""
+                         on_tokens: Callable[[list[list[int]]], None] | None = None, stream_every: int = 8):
+    """Like generate.generate, with MTP drafts verified D+1 at a time, all rounds on the device. Returns
+    (GenerateResult, SpecStats). on_tokens receives, after the prefill and then every `stream_every` rounds,
+    the list of tokens each row emitted."""
     d = cfg.mtp_depth
     if d < 1:
         raise ValueError("ModelConfig.mtp_depth: speculative decoding needs MTP modules (mtp_depth >= 1), got 0")
@@ -142,18 +171,19 @@ def speculative_generate(cfg, variables, prompts: Sequence[Sequence[int]], *, ma
     rng = jax.random.key(seed)
     rng, key = jax.random.split(rng)
     state = spec_prefill(cfg, variables, jnp.asarray(tokens), jnp.asarray(lengths), cache, mtp_kv, sampling, key)
-    tracker, stats = StopTracker(b, max_new_tokens, stop_tokens, pad_id), SpecStats(d)
-    new = [tracker.add(r, [t]) for r, t in enumerate(np.asarray(state.pending))]
-    while True:
+    stop = jnp.asarray(emit.stop_array(stop_tokens))
+    out = emit.take(emit.Emitted.empty(b, max_new_tokens, pad_id), state.pending[:, None], jnp.ones((b,), jnp.int32),
+                    stop)
+    loop = SpecLoop(spec=state, out=out, rng=rng, rounds=jnp.zeros((), jnp.int32), emitted=jnp.zeros((), jnp.int32),
+                    accepted=jnp.zeros((d,), jnp.int32))  # distinct buffers: the loop state is donated
+    if on_tokens is not None:
+        on_tokens(emit.new_since(out, np.zeros(b, np.int32)))
+    rounds = stream_every if on_tokens is not None else max_new_tokens
+    while not bool(jnp.all(loop.out.done)):
+        before = np.asarray(loop.out.count)
+        loop = run_rounds(cfg, variables, loop, rounds, sampling, stop)
         if on_tokens is not None:
-            on_tokens(new)
-        active = tracker.active
-        if not active.any():
-            return tracker.result(), stats
-        rng, key = jax.random.split(rng)
-        state, emitted, a = spec_round(cfg, variables, state, sampling, key)
-        emitted, a = np.asarray(emitted), np.asarray(a)
-        new = [tracker.add(r, emitted[r, :a[r] + 1]) if active[r] else [] for r in range(b)]
-        stats.rounds += int(active.sum())
-        stats.emitted += int((a[active] + 1).sum())
-        stats.accepted += (a[active][:, None] > np.arange(d)[None, :]).sum(0)
+            on_tokens(emit.new_since(loop.out, before))
+    stats = SpecStats(d, rounds=int(loop.rounds), emitted=int(loop.emitted),
+                      accepted=np.asarray(loop.accepted, np.int64))
+    return emit.GenerateResult.of(loop.out), stats

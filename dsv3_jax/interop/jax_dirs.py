@@ -5,7 +5,8 @@ Params directory (written by `save_params_dir`, e.g. from a Hugging Face checkpo
     PATH/variables/            orbax StandardCheckpointer: {'params': ..., 'router': ...}; FP8Weight leaves
                                are stored as {'value', 'scale_inv'} and revived on load
 Training workdir (written by dsv3-train): `config.json` (the experiment config) and `checkpoints/` (orbax, via
-dsv3_jax.train.checkpoint.Checkpointer); the latest step's params and router biases are read.
+dsv3_jax.train.checkpoint.Checkpointer); the newest usable step's params and router biases are read by partial
+restore (dsv3_jax.train.restore.load_variables), never the optimizer state.
 """
 
 from __future__ import annotations
@@ -70,22 +71,24 @@ def load_params_dir(path: str) -> tuple[ModelConfig, dict]:
     return cfg, _revive_fp8(jax.tree.map(np.asarray, dict(variables)))
 
 
-def load_workdir(workdir: str) -> tuple[ModelConfig, dict]:
-    """(cfg, {'params', 'router'}) of the latest checkpoint of a dsv3-train workdir."""
-    from dsv3_jax.train.restore import load_workdir as load_train_workdir
+def load_workdir(workdir: str, step: int | None = None) -> tuple[ModelConfig, dict]:
+    """(cfg, {'params', 'router'}) of the newest usable checkpoint (or exactly `step`) of a dsv3-train workdir."""
+    from dsv3_jax.train.restore import load_variables
 
-    _, cfg, state = load_train_workdir(workdir)
-    variables = {"params": state.params}
-    if state.router:
-        variables["router"] = state.router
+    _, cfg, restored, _ = load_variables(workdir, step)
+    variables = {"params": restored["params"]}
+    if restored.get("router"):
+        variables["router"] = restored["router"]
     return cfg, jax.tree.map(np.asarray, variables)
 
 
-def load_jax_source(path: str) -> tuple[ModelConfig, dict]:
-    """A params directory or a training workdir, whichever `path` is."""
+def load_jax_source(path: str, step: int | None = None) -> tuple[ModelConfig, dict]:
+    """A params directory or a training workdir (its newest usable checkpoint, or `step`), whichever `path` is."""
     if os.path.isfile(os.path.join(path, MODEL_CONFIG)):
+        if step is not None:
+            raise ValueError(f"{path}: a params directory has no steps; --step applies to a training workdir")
         return load_params_dir(path)
     if os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "checkpoints")):
-        return load_workdir(path)
+        return load_workdir(path, step)
     raise ValueError(f"{path}: neither a params directory ({MODEL_CONFIG} + {VARIABLES}/) nor a training "
                      "workdir (config.json + checkpoints/)")

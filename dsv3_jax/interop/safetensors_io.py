@@ -21,6 +21,7 @@ import os
 import shutil
 import struct
 import tempfile
+import uuid
 from typing import Any, Callable, Iterable, Sequence
 
 import ml_dtypes
@@ -203,10 +204,13 @@ def atomic_directory(path: str, overwrite: bool = False):
     so no partial output directory is ever left behind."""
     path = os.path.abspath(path)
     if os.path.exists(path) and not overwrite:
-        raise ValueError(f"{path}: output directory already exists (pass overwrite=True to replace it)")
+        raise ValueError(f"{path}: output directory already exists (pass --overwrite, or overwrite=True from "
+                         "Python, to replace it)")
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    # os.mkdir honours the umask (tempfile.mkdtemp would make the output 0700); the random name keeps it unique
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    os.mkdir(tmp)
     try:
         yield tmp
     except BaseException:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from dsv3_jax import param_tree as pt
 from dsv3_jax import sharding
 from dsv3_jax.quant.fp8_delayed import init_delayed_meta
-from dsv3_jax.quant.recipe import FP8_RECIPES, make_matmul, make_ragged_dot, make_operand_views
+from dsv3_jax.quant.recipe import FP8_RECIPES, make_matmul, make_operand_views, make_ragged_dot, tokens_matmul
 
 FP8_META_COLLECTION = pt.FP8_META  # per-tensor delayed FP8: amax histories, updated as their gradient
 
@@ -53,8 +53,7 @@ def _kernel_and_meta(w, cfg):
 
 def matmul(x: jnp.ndarray, kernel: jnp.ndarray, dtype) -> jnp.ndarray:
     """x [..., I] · kernel [I, O] in the compute dtype (fp32 accumulation where the backend supports it)."""
-    return jnp.einsum("...i,io->...o", x.astype(dtype), kernel.astype(dtype),
-                      preferred_element_type=jnp.float32).astype(dtype)
+    return tokens_matmul(x, kernel, dtype)
 
 
 def matmul_fn(cfg):
@@ -138,8 +137,7 @@ class Head(nn.Module):
     def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
         kernel = weight(self, "kernel", (h.shape[-1], self.vocab_size), ("embed", "vocab"),
                         normal_init(self.init_std), self.mesh)
-        return jnp.einsum("...d,dv->...v", h.astype(self.dtype), kernel.astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+        return tokens_matmul(h, kernel, self.dtype, out_dtype=jnp.float32)
 
 
 def checked_tokens(tokens: jnp.ndarray, name: str = "tokens") -> jnp.ndarray:

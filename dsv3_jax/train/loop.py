@@ -3,13 +3,18 @@
 Read top to bottom: `train(config, workdir)` is all there is. Multi-host set-up (jax.distributed) lives in
 the CLI; here every process runs the same loop on its rows of each global batch, on the mesh of the config's
 `mesh` block (parallel/layout.py), and only process 0 writes metrics, the config and the progress line.
+
+Reliability (train/finite.py, train/resume.py, train/restore.py, train/interrupt.py): the typed config is
+validated before anything is printed; a resume is checked against workdir/config.json and restored (with a
+fallback past unusable checkpoints) before anything is written; a non-finite step never reaches a saved
+checkpoint; SIGTERM/SIGINT save and stop every process at the same step; metrics.jsonl has each step once.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -17,39 +22,16 @@ import jax.numpy as jnp
 from dsv3_jax import sharding
 from dsv3_jax.data import tokenizer
 from dsv3_jax.data.pipeline import make_datasets
-from dsv3_jax.experiment_config import model_config
+from dsv3_jax.experiment_config import ExperimentConfig
 from dsv3_jax.parallel import layout
-from dsv3_jax.train import checkpoint, optim, pipeline_step, sample, step as step_lib
+from dsv3_jax.train import checkpoint, optim, pipeline_step, resume, restore, sample, step as step_lib
 from dsv3_jax.train import layout as train_layout
+from dsv3_jax.train.finite import NonFiniteError
+from dsv3_jax.train.interrupt import StopSignal, signal_name
 from dsv3_jax.train.logging import MetricsWriter, Progress
 from dsv3_jax.train.state import init_state
 
-
-class NonFiniteLossError(RuntimeError):
-    """Training stopped on a NaN/inf loss; the last good checkpoint is kept."""
-
-
-class _StopSignal:
-    """Turns SIGTERM/SIGINT into a flag the loop checks, so the run saves a checkpoint and exits cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. inside a notebook worker): no handler
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+NonFiniteLossError = NonFiniteError  # its name before it also covered gradients and updates (kept for imports)
 
 
 def evaluate(eval_step, state, val_batches, max_batches, place=lambda b: jax.tree.map(jnp.asarray, b)):
@@ -59,6 +41,8 @@ def evaluate(eval_step, state, val_batches, max_batches, place=lambda b: jax.tre
         sums, c = eval_step(state, place(batch))
         totals = {k: totals.get(k, 0.0) + float(v) for k, v in sums.items()}
         counts = c if counts is None else jax.tree.map(jnp.add, counts, c)
+    if not totals:
+        raise ValueError("evaluation got no validation batches; set train.eval_batches=0 to train without it")
     out = {"val_bits_per_byte": totals["nll"] / max(totals["bytes"], 1.0) / math.log(2)}
     if "mtp_hits" in totals:
         out["val_mtp_acc"] = totals["mtp_hits"] / max(totals["mtp_count"], 1.0)
@@ -74,81 +58,183 @@ class _Silent:
         return lambda *a, **k: None
 
 
-def _check_finite(metrics, step, ckpt):
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss):
-        parts = ", ".join(f"{k}={float(metrics[k]):.4g}" for k in ("ce", "mtp", "balance", "grad_norm"))
-        raise NonFiniteLossError(
-            f"non-finite loss {loss} at step {step} ({parts}); training stopped. The last good checkpoint "
-            f"(step {ckpt.latest_step()}) in {ckpt.directory} is kept; lower train.lr or check the data.")
-    return loss
-
-
-def _save_config(cd, workdir: str):
-    """workdir/config.json: the experiment config a checkpoint belongs to (dsv3-generate reads it)."""
+def _save_config(exp: ExperimentConfig, workdir: str):
+    """workdir/config.json: the experiment config the checkpoints belong to (dsv3-generate reads it)."""
     os.makedirs(workdir, exist_ok=True)
     tmp = os.path.join(workdir, "config.json.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(cd.to_json(indent=1))
+        json.dump(exp.to_dict(), f, indent=1)
     os.replace(tmp, os.path.join(workdir, "config.json"))
 
 
-def train(cd, workdir: str, log=print) -> dict:
-    """Train the model of experiment config `cd` in `workdir`, resuming from its latest checkpoint."""
-    cfg, t = model_config(cd), cd.train
-    tokenizer.check_vocab_size(cfg.vocab_size)
-    mesh, cfg = layout.setup_mesh(cd.get("mesh", {"data": -1}), cfg, t.batch_size)
-    train_iter, val_batches = make_datasets(cd.data, t, cfg.max_seq_len, jax.process_index(), jax.process_count())
-    primary = jax.process_index() == 0
-    log = log if primary else (lambda *a: None)
+def _datasets(exp: ExperimentConfig, cfg, log):
+    train_iter, val_batches = make_datasets(exp.data, exp.train, cfg.max_seq_len, jax.process_index(),
+                                            jax.process_count())
+    if exp.train.eval_batches and val_batches.num_batches == 0:
+        raise ValueError(f"the validation split is empty ({train_iter.info.val_docs} documents, "
+                         f"{train_iter.info.val_tokens} tokens) but train.eval_batches={exp.train.eval_batches}; "
+                         "set train.eval_batches=0 to train without evaluation")
     log(train_iter.info.summary())
-    if primary:
-        _save_config(cd, workdir)
+    return train_iter, val_batches
+
+
+def _resume(exp, ckpt, state, train_iter, saved, log):
+    """Restore the newest usable checkpoint (or train.restore_step) into `state` and the data iterator, then
+    move aside the unusable or superseded newer ones; returns (state, step resumed from or 0)."""
+    want, note = resume.restore_step(saved, exp, ckpt.steps())
+    if note:
+        log(note)
+    step, restored, rejected = restore.restore_newest(ckpt, state, want, warn=lambda m: log(f"warning: {m}"))
+    if restored is None:
+        return state, 0
+    state, data_state = restored
+    train_iter.set_state(data_state)  # a data change is a ValueError here, before anything is written
+    for s in [s for s in ckpt.steps() if s > step]:
+        why = "unusable" if s in rejected else f"newer than train.restore_step={step}"
+        dest = ckpt.move_aside(s, rejected.get(s, f"checkpoint {s}: {why}"))
+        log(f"moved checkpoint {s} ({why}) to {dest}")
+    log(f"resumed from {ckpt.directory} at step {step}")
+    return state, step
+
+
+def _make_steps(exp, cfg, mesh):
+    t = exp.train
     optimizer = optim.make_optimizer(t)
     state_sh, batch_sh = train_layout.state_shardings(cfg, optimizer, mesh, t.seq_len), sharding.batch_sharding(mesh)
     state = jax.jit(lambda: init_state(cfg, optimizer, t.seed, t.seq_len), out_shardings=state_sh)()
-    ckpt = checkpoint.Checkpointer(workdir)
-    restored, data_state = ckpt.restore_latest(state)
-    if restored is not None:
-        state = restored
-        train_iter.set_state(data_state)
-        log(f"resumed from {ckpt.directory} at step {int(state.step)}")
     if pipeline_step.is_pipelined(mesh):  # mesh.pipe > 1: the blocks run as pipeline stages
         train_step = pipeline_step.make_pipeline_train_step(
-            cfg, optimizer, t, mesh, t.get("pipeline_schedule", "dualpipe"), t.get("pipeline_chunks", 0),
-            state_sh, batch_sh, residuals=t.get("pipeline_residuals", "recompute"))
+            cfg, optimizer, t, mesh, t.pipeline_schedule, t.pipeline_chunks, state_sh, batch_sh,
+            residuals=t.pipeline_residuals)
     else:
         train_step = step_lib.make_train_step(cfg, optimizer, t, state_sh, batch_sh)
-    eval_step = step_lib.make_eval_step(cfg, state_sh, batch_sh)
-    place = lambda b: train_layout.global_batch(b, mesh)
-    writer = MetricsWriter(workdir) if primary else _Silent()
-    progress = Progress(t.steps, int(state.step), t.batch_size * t.seq_len) if primary else _Silent()
-    summary = {}
-    try:
-        with _StopSignal() as stop, jax.set_mesh(mesh):
-            while int(state.step) < t.steps and not stop.requested:
-                batch = place(next(train_iter))
-                new_state, metrics = train_step(state, batch)
-                step = int(new_state.step)
-                loss = _check_finite(metrics, step, ckpt)
-                state = new_state
-                if step % t.log_every == 0 or step == t.steps:
-                    writer.write(step, metrics)
-                    progress.update(step, loss, float(metrics["lr"]))
-                if step % t.eval_every == 0 or step == t.steps:
-                    summary = evaluate(eval_step, state, val_batches, t.get("eval_batches", 8), place)
-                    writer.write(step, summary, "eval")
-                if step % t.checkpoint_every == 0:
-                    ckpt.save(state, train_iter.get_state())
-            ckpt.save(state, train_iter.get_state())  # also on SIGTERM/SIGINT
-    finally:
-        progress.close()
-        writer.close()
-        ckpt.close()
-    summary = {**summary, "step": int(state.step),
-               "val_unigram_bits_per_byte": train_iter.info.val_unigram_bits_per_byte}
-    if int(state.step) >= t.steps and t.get("sample_tokens", 0) and jax.process_count() == 1:
-        summary["sample"] = sample.greedy_sample(cfg, state.variables(), t.get("sample_prompt", "def "),
-                                                 t.sample_tokens, t.seq_len)
-    return summary
+    return state, train_step, step_lib.make_eval_step(cfg, state_sh, batch_sh)
 
+
+def _nonfinite_message(step, metrics, moved, ckpt) -> str:
+    parts = ", ".join(f"{k}={float(metrics[k]):.4g}" for k in ("loss", "ce", "mtp", "balance", "grad_norm"))
+    msg = f"non-finite update at step {step} ({parts}); the update was dropped and training stopped"
+    if moved:
+        msg += (f". Checkpoint {moved[0]}, whose next step this was, holds parameters that already give a "
+                f"non-finite gradient: moved to {moved[1]}")
+    last = ckpt.latest_step()
+    if last:
+        return msg + (f". The last good checkpoint is step {last}, in {ckpt.step_dir(last)}: rerun with a lower "
+                      "train.lr to continue from it (or with train.nonfinite='skip' to drop such steps)")
+    return msg + ". There is no good checkpoint yet: a rerun with a lower train.lr starts from scratch"
+
+
+class _Run:
+    """The per-step bookkeeping of one train() call: logging, eval, checkpoints and the non-finite policy.
+
+    A non-finite step N is never saved. Stopping on it, the checkpoint of the state it started from (if one
+    was saved) is moved aside too: its parameters give the non-finite gradient whatever the lr, so a rerun
+    resuming from it would stop at the same step again; the rerun starts from the checkpoint before it."""
+
+    def __init__(self, exp, ckpt, train_iter, val_batches, eval_step, place, writer, progress, log):
+        self.t, self.ckpt, self.train_iter, self.val_batches = exp.train, ckpt, train_iter, val_batches
+        self.eval_step, self.place, self.writer, self.progress, self.log = eval_step, place, writer, progress, log
+        self.skips, self.skipped_total, self.summary = 0, 0, {}
+
+    def save(self, state) -> int:
+        step = int(state.step)
+        return self.ckpt.save(state, self.train_iter.get_state()) if step > 0 else 0
+
+    def nonfinite(self, state, metrics) -> None:
+        """A dropped update: stop ("stop", or too many skips in a row) or go on ("skip")."""
+        step = int(state.step) if self.t.nonfinite == "skip" else int(state.step) + 1
+        self.skips, self.skipped_total = self.skips + 1, self.skipped_total + 1
+        if self.t.nonfinite == "skip" and self.skips <= self.t.max_nonfinite_skips:
+            self.log(f"warning: non-finite update at step {step} dropped (train.nonfinite='skip'; {self.skips} "
+                     f"in a row, at most {self.t.max_nonfinite_skips})")
+            return self.after_step(state, metrics, finite=False)
+        self.writer.write(step, {**metrics, "skipped_total": self.skipped_total})
+        origin = step - self.skips  # the state the first non-finite step of this streak started from
+        moved = None
+        if origin > 0 and origin in self.ckpt.steps():
+            moved = (origin, self.ckpt.move_aside(origin, f"checkpoint {origin}: step {origin + 1} after it was "
+                                                          "non-finite (a NaN/inf loss, gradient or update)"))
+        msg = _nonfinite_message(origin + 1, metrics, moved, self.ckpt)
+        if self.t.nonfinite == "skip":
+            msg = (f"{self.skips} non-finite steps in a row, {origin + 1} to {step} (train.max_nonfinite_skips="
+                   f"{self.t.max_nonfinite_skips}); " + msg)
+        raise NonFiniteError(msg)
+
+    def after_step(self, state, metrics, finite: bool = True) -> None:
+        """Log (every dropped step too), evaluate and checkpoint on their intervals."""
+        step, t = int(state.step), self.t
+        if finite:
+            self.skips = 0
+        if not finite or step % t.log_every == 0 or step == t.steps:
+            self.writer.write(step, {**metrics, "skipped_total": self.skipped_total})
+            if finite:
+                self.progress.update(step, float(metrics["loss"]), float(metrics["lr"]))
+        if t.eval_batches and (step % t.eval_every == 0 or step == t.steps):
+            self.summary = evaluate(self.eval_step, state, self.val_batches, t.eval_batches, self.place)
+            self.writer.write(step, self.summary, "eval")
+        if step % t.checkpoint_every == 0 and finite:  # a skipped step's state is its streak's origin's
+            self.save(state)
+
+
+def _steps(run: _Run, state, train_step, stop: StopSignal):
+    """Train until train.steps or a stop signal; returns (state, the stopping signal number or 0)."""
+    while int(state.step) < run.t.steps:
+        signum = stop.requested()
+        if signum:
+            return state, signum
+        state, metrics = train_step(state, run.place(next(run.train_iter)))
+        if bool(metrics["finite"]):
+            run.after_step(state, metrics)
+        else:
+            run.nonfinite(state, metrics)
+    return state, 0
+
+
+def train(cd, workdir: str, log=print) -> dict:
+    """Train the model of experiment config `cd` (a ConfigDict or ExperimentConfig) in `workdir`, resuming from
+    its newest usable checkpoint. Returns the final eval metrics, "step", and "interrupted" (the signal's name)
+    when SIGTERM/SIGINT stopped it."""
+    exp = ExperimentConfig.from_dict(cd)  # every field validated before anything is printed or written
+    t, primary = exp.train, jax.process_index() == 0
+    log = log if primary else (lambda *a: None)
+    tokenizer.check_vocab_size(exp.model.vocab_size)
+    for line in t.warnings():
+        log(line)
+    saved = resume.saved_config(workdir)
+    if checkpoint.list_steps(workdir):
+        for note in resume.check_config(saved, exp, workdir):
+            log(note)
+    mesh, cfg = layout.setup_mesh(exp.mesh, exp.model, t.batch_size)
+    train_iter, val_batches = _datasets(exp, cfg, log)
+    state, train_step, eval_step = _make_steps(exp, cfg, mesh)
+    ckpt = checkpoint.Checkpointer(workdir)
+    try:
+        state, start = _resume(exp, ckpt, state, train_iter, saved, log)
+        if primary:
+            _save_config(exp, workdir)
+        writer = MetricsWriter(workdir, start) if primary else _Silent()
+        if primary and writer.dropped:
+            log(f"metrics.jsonl: dropped {writer.dropped} rows past step {start} (from the interrupted run)")
+        progress = Progress(t.steps, start, t.batch_size * t.seq_len) if primary else _Silent()
+        run = _Run(exp, ckpt, train_iter, val_batches, eval_step, lambda b: train_layout.global_batch(b, mesh),
+                   writer, progress, log)
+        try:
+            with StopSignal() as stop, jax.set_mesh(mesh):
+                state, signum = _steps(run, state, train_step, stop)
+                run.save(state)  # final, or on SIGTERM/SIGINT
+        finally:
+            progress.close()
+            writer.close()
+    finally:
+        ckpt.close()
+    summary = {**run.summary, "step": int(state.step),
+               "val_unigram_bits_per_byte": train_iter.info.val_unigram_bits_per_byte}
+    if signum:
+        summary["interrupted"] = signal_name(signum)
+        saved_in = (f"checkpoint saved in {ckpt.step_dir(int(state.step))}" if int(state.step) else
+                    "nothing trained yet, so no checkpoint")
+        log(f"interrupted at step {int(state.step)} ({signal_name(signum)}), {saved_in}; rerun the same command "
+            "to resume")
+    elif t.sample_tokens and jax.process_count() == 1:
+        summary["sample"] = sample.greedy_sample(cfg, state.variables(), t.sample_prompt, t.sample_tokens, t.seq_len)
+    return summary

@@ -20,7 +20,7 @@ from dsv3_jax import losses
 from dsv3_jax.data.tokenizer import PAD_ID
 from dsv3_jax.layers.moe import node_routing
 from dsv3_jax.layers.moe.ep import make_expert_parallel
-from dsv3_jax.train import schedules
+from dsv3_jax.train import finite, schedules
 from dsv3_jax.train.state import TrainState, model_variables
 
 
@@ -57,9 +57,8 @@ def train_step(state: TrainState, batch, *, cfg, optimizer, train_cfg, parallel=
     lam, gamma = step_weights(state.step, train_cfg)
     (loss, aux), (grads, fp8_meta) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
         state.params, state.fp8_meta, state.router, batch, cfg, lam, train_cfg.balance_alpha, parallel)
-    new, metrics = apply_gradients(state, loss, aux, grads, lam, gamma, cfg=cfg, optimizer=optimizer,
-                                   train_cfg=train_cfg)
-    return new.replace(fp8_meta=fp8_meta), metrics
+    return apply_gradients(state, loss, aux, grads, lam, gamma, cfg=cfg, optimizer=optimizer, train_cfg=train_cfg,
+                           fp8_meta=fp8_meta)
 
 
 def step_weights(step, t):
@@ -68,9 +67,10 @@ def step_weights(step, t):
     return lam, schedules.bias_update_speed(step, total=t.steps, gamma=t.bias_update_speed)
 
 
-def apply_gradients(state: TrainState, loss, aux, grads, lam, gamma, *, cfg, optimizer, train_cfg):
+def apply_gradients(state: TrainState, loss, aux, grads, lam, gamma, *, cfg, optimizer, train_cfg, fp8_meta=None):
     """The optimizer step, the bias update from aux['counts'] and the step's metrics (shared with the
-    pipelined step, train/pipeline_step.py)."""
+    pipelined step, train/pipeline_step.py). `fp8_meta`: the new FP8 histories (None: unchanged). A non-finite
+    loss, gradient or update keeps the old state (metrics['finite'] False; train/finite.py)."""
     t = train_cfg
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -81,10 +81,12 @@ def apply_gradients(state: TrainState, loss, aux, grads, lam, gamma, *, cfg, opt
                                               min_ratio=t.min_lr_ratio))
     if aux["counts"]:
         metrics["load_max"], metrics["load_min"] = load_stats(aux["counts"])
-    if aux.get("comm") is not None:  # expert parallelism: bytes within / across nodes (parallel/node_routing.py)
+    if aux.get("comm") is not None:  # expert parallelism: bytes within / across nodes (layers/moe/node_routing.py)
         metrics.update(node_routing.comm_metrics(aux["comm"]))
-    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, router=router)
-    return new, metrics
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, router=router,
+                        fp8_meta=state.fp8_meta if fp8_meta is None else fp8_meta)
+    metrics["finite"] = finite.update_is_finite(loss, metrics["grad_norm"], new)
+    return finite.keep_if_nonfinite(metrics["finite"], new, state, skip=t.nonfinite == "skip"), metrics
 
 
 def expert_parallel(cfg, batch_sharding=None):

@@ -122,8 +122,9 @@ def test_val_batches_deterministic_cover_every_token_once():
 
 
 def cfg(data, **train):
-    """Config blocks as plain dicts (make_datasets also takes ml_collections ConfigDicts)."""
-    return dict(data), dict(dict(seed=0, batch_size=4, seq_len=32), **train)
+    """The typed config blocks make_datasets takes (experiment_config.TrainConfig, data/config.DataConfig)."""
+    from dsv3_jax.experiment_config import DataConfig, TrainConfig
+    return DataConfig(**data), TrainConfig(**dict(dict(seed=0, batch_size=4, seq_len=32, warmup_steps=0), **train))
 
 
 def test_make_datasets_synthetic_and_unigram_baseline():
@@ -201,6 +202,10 @@ def test_backend_without_grain(monkeypatch):
 def test_make_datasets_takes_config_dicts():
     ml_collections = pytest.importorskip("ml_collections")
     data_cfg, train_cfg = cfg(dict(source="synthetic", path="", val_fraction=0.1, synthetic_bytes=20_000))
-    a, _ = pipeline.make_datasets(ml_collections.ConfigDict(data_cfg), ml_collections.ConfigDict(train_cfg), 32)
+    a, _ = pipeline.make_datasets(ml_collections.ConfigDict(data_cfg.to_dict()),
+                                  ml_collections.ConfigDict(train_cfg.to_dict()), 32)
     b, _ = pipeline.make_datasets(data_cfg, train_cfg, 32)
     np.testing.assert_array_equal(next(a)["inputs"], next(b)["inputs"])
+    # A mapping is validated into a DataConfig: a misspelled key is an error, never a silent default.
+    with pytest.raises(ValueError, match=r"data: unknown field\(s\) \['val_fracton'\].*data.val_fraction"):
+        pipeline.make_datasets(dict(source="synthetic", val_fracton=0.5), train_cfg, 32)

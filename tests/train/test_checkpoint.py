@@ -1,4 +1,5 @@
-"""Checkpointer round trips with and without the optional collections (router biases, FP8 histories)."""
+"""Checkpointer round trips (full and model-variables-only) with and without the optional collections (router
+biases, FP8 histories)."""
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +24,16 @@ def test_round_trip_with_empty_and_full_optional_collections(tmp_path):
         saved = _state(7, router, fp8_meta)
         ckpt.save(saved, {"pos": 3})
         abstract = jax.eval_shape(lambda: _state(0, router, fp8_meta))
-        state, data = ckpt.restore_latest(abstract)
-        ckpt.close()
+        state, data = ckpt.restore(ckpt.latest_step(), abstract)
         assert data == {"pos": 3} and int(state.step) == 7
         assert jax.tree.structure(state) == jax.tree.structure(saved), name
         for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(saved)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        variables = ckpt.restore_variables(7, {"params": abstract.params, "router": abstract.router,
+                                                "fp8_meta": abstract.fp8_meta})
+        assert jax.tree.structure(variables) == jax.tree.structure(
+            {"params": saved.params, "router": saved.router, "fp8_meta": saved.fp8_meta}), name
+        want = {"params": saved.params, "router": saved.router, "fp8_meta": saved.fp8_meta}
+        for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        ckpt.close()
