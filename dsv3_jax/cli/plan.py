@@ -138,7 +138,11 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     n = math.prod(request["mesh"].values())
     request["buffers"] = args.buffers
-    result = run_worker("dsv3_jax.cli.plan", request, n, timeout=args.timeout, dump=args.buffers > 0)
+    try:
+        result = run_worker("dsv3_jax.cli.plan", request, n, timeout=args.timeout, dump=args.buffers > 0)
+    except RuntimeError as e:  # the worker's stderr tail: its error names the flag (e.g. --layers)
+        sys.stderr.write(f"dsv3-plan: error: {e}\n")
+        return 1
     result.update(devices=n, mesh=request["mesh"], wall_seconds=time.perf_counter() - t0)
     if args.json:
         top = dict(result["plans"][0]) if result["plans"] else {}

@@ -8,7 +8,8 @@ modules kept), and extrapolates every per-device quantity q linearly in the MoE 
 Per-step quantities of a scanned stack are exactly linear in its length (one more layer adds one layer's
 parameters, optimizer state, saved activations, FLOPs and collectives); XLA's temporaries are linear as long as
 the peak is set by the same buffers at both depths, which the report shows by printing both depths and the
-delta. Collectives are extrapolated per kind (bytes, wire bytes, executions); the per-op list is the deeper
+delta; a memory field that FALLS with one more layer (XLA chose a different peak, e.g. a one-layer scan
+unrolled) is refused with an error naming --layers, never extrapolated into a negative size. Collectives are extrapolated per kind (bytes, wire bytes, executions); the per-op list is the deeper
 compile's.
 """
 
@@ -34,6 +35,12 @@ def extrapolate(low: Measurement, high: Measurement, depth_low: int, depth_high:
         memory[f], per_layer[f] = _line(getattr(low, f), getattr(high, f), depth_low, depth_high, depth)
     memory["total"] = memory["argument"] + memory["output"] - memory["alias"] + memory["temp"]
     per_layer["total"] = per_layer["argument"] + per_layer["output"] - per_layer["alias"] + per_layer["temp"]
+    shrinking = [f for f in (*MEMORY_FIELDS, "total") if per_layer[f] < 0]
+    if shrinking:  # one more layer never needs less memory: the two peaks are set by different buffers
+        raise ValueError(
+            f"--layers={depth_low}: XLA's per-device {', '.join(shrinking)} bytes fall from {depth_low} to "
+            f"{depth_high} MoE layers ({', '.join(f'{per_layer[f] / 2**30:+.2f} GiB' for f in shrinking)} per "
+            f"layer), so they are not linear in the depth there; plan with a larger --layers or at full depth")
     flops, per_layer["flops"] = _line(low.flops, high.flops, depth_low, depth_high, depth)
     lo, hi = hlo.totals(low.collectives), hlo.totals(high.collectives)
     totals = {}

@@ -156,6 +156,9 @@ def test_extrapolation_is_per_layer_deltas():
     assert ex["memory"]["total"] == 100 + 100 - 100 + ex["memory"]["temp"]
     with pytest.raises(ValueError, match="increasing depths"):
         extrapolate.extrapolate(_m(1, 1, 1), _m(1, 1, 1), 2, 2, 58)
+    # V3 ZeRO-3 at 1 -> 2 MoE layers measured -12.8 GB of temps per layer: refused, not a negative plan
+    with pytest.raises(ValueError, match=r"--layers=1: XLA's per-device temp, total bytes fall"):
+        extrapolate.extrapolate(_m(2000, 10.0, 40), _m(1300, 14.0, 50), 1, 2, 58)
 
 
 def test_sizes_and_cli_errors(capsys):
