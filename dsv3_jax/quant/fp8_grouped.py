@@ -16,6 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dsv3_jax import sharding
 from dsv3_jax.quant.fp8 import AMAX_FLOOR, dequantize_blocks, dequantize_tiles, quantize_blocks, quantize_tiles
 from dsv3_jax.quant.fp8_delayed import E4M3, E5M2, DelayedMeta, quantize_delayed
 from dsv3_jax.quant.fp8_linear import GRAD_AMAX_FLOOR
@@ -27,9 +28,11 @@ def _ragged(a, b, group_sizes):
     return jax.lax.ragged_dot(a, b, group_sizes, precision=HI, preferred_element_type=jnp.float32)
 
 
-def _ragged_wgrad(x, dy, group_sizes, num_groups: int):
-    """dw [E, K, N] = Σ_{tokens m of expert e} x[m]ᵀ dy[m]  (the transpose of ragged_dot w.r.t. w)."""
-    w0 = jnp.zeros((num_groups, x.shape[1], dy.shape[1]), jnp.float32)
+def _ragged_wgrad(x, dy, group_sizes, num_groups: int, w_proto):
+    """dw [E, K, N] = Σ_{tokens m of expert e} x[m]ᵀ dy[m]  (the transpose of ragged_dot w.r.t. w). Inside a
+    shard_map dw varies over the axes w varies over (w_proto's): summed over the others, as w's cotangent must
+    be (the EP rounds exchange passes weights varying like its tokens and sums once after the last round)."""
+    w0 = sharding.vary_like(jnp.zeros((num_groups, x.shape[1], dy.shape[1]), jnp.float32), w_proto)
     _, vjp = jax.vjp(lambda w: _ragged(x, w, group_sizes), w0)
     return vjp(dy.astype(jnp.float32))[0]
 
@@ -40,11 +43,16 @@ def _retile_tokens(a, pow2, floor):
     return dequantize_tiles(q, s, axis=0)
 
 
+def _proto(a):
+    """An empty array with a's dtype and its varying shard_map axes (what a cotangent of `a` must carry)."""
+    return sharding.vary_like(jnp.zeros((0,), a.dtype), a)
+
+
 def _bw_fwd(x, w, group_sizes, pow2):
     xq, sx = quantize_tiles(x, pow2=pow2)
     wq, sw = quantize_blocks(w, pow2=pow2)
     y = _ragged(dequantize_tiles(xq, sx), dequantize_blocks(wq, sw), group_sizes).astype(x.dtype)
-    return y, (xq, sx, wq, sw, group_sizes, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
+    return y, (xq, sx, wq, sw, group_sizes, _proto(x), _proto(w))
 
 
 def _bw_bwd(pow2, res, dy):
@@ -54,7 +62,7 @@ def _bw_bwd(pow2, res, dy):
     dx = _ragged(dequantize_tiles(dyq, sdy), w_nk, group_sizes).astype(x_proto.dtype)
     x_t = _retile_tokens(dequantize_tiles(xq, sx), pow2, AMAX_FLOOR)
     g_t = _retile_tokens(dy, pow2, GRAD_AMAX_FLOOR)
-    dw = _ragged_wgrad(x_t, g_t, group_sizes, wq.shape[0]).astype(w_proto.dtype)
+    dw = _ragged_wgrad(x_t, g_t, group_sizes, wq.shape[0], w_proto).astype(w_proto.dtype)
     return dx, dw, None
 
 
@@ -66,7 +74,7 @@ def _dl_fwd(x, w, group_sizes, meta):
     xq, sx, hx = quantize_delayed(x, meta.x, E4M3)
     wq, sw, hw = quantize_delayed(w, meta.w, E4M3)
     y = (_ragged(xq.astype(jnp.bfloat16), wq.astype(jnp.bfloat16), group_sizes) * (sx * sw)).astype(x.dtype)
-    return y, (xq, sx, wq, sw, hx, hw, meta.g, group_sizes, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
+    return y, (xq, sx, wq, sw, hx, hw, meta.g, group_sizes, _proto(x), _proto(w))
 
 
 def _dl_bwd(res, dy):
@@ -74,7 +82,7 @@ def _dl_bwd(res, dy):
     gq, sg, hg_new = quantize_delayed(dy, hg, E5M2)
     g16 = gq.astype(jnp.bfloat16)  # FP8 values are exact in bf16
     dx = _ragged(g16, jnp.swapaxes(wq, 1, 2).astype(jnp.bfloat16), group_sizes) * (sg * sw)
-    dw = _ragged_wgrad(xq.astype(jnp.float32), g16, group_sizes, wq.shape[0]) * (sx * sg)
+    dw = _ragged_wgrad(xq.astype(jnp.float32), g16, group_sizes, wq.shape[0], w_proto) * (sx * sg)
     return dx.astype(x_proto.dtype), dw.astype(w_proto.dtype), None, DelayedMeta(hx, hw, hg_new)
 
 

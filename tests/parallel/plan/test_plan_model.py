@@ -38,7 +38,8 @@ for flags in {cases!r}:
 """
 
 CASES = {
-    8: [["--mesh=fsdp=2,expert=4", "--batch=8"]],
+    8: [["--mesh=fsdp=2,expert=4", "--batch=8"],
+        ["--mesh=expert=8", "--batch=8", "--fp8=blockwise"]],  # FP8 grouped GEMM inside the EP rounds' vjp
     16: [["--mesh=pipe=2,expert=4,data=2", "--batch=32", "--chunks=4", "--schedule=dualpipe"],
          ["--mesh=fsdp=4,expert=4", "--batch=16"]],
 }
