@@ -76,6 +76,16 @@ def _zero_stats(cfg, moe: bool, x):
     return stats
 
 
+SCAN_UNROLL_AUTO_LAYERS = 4  # ModelConfig.scan_unroll=0 unrolls stacks of at most this many layers
+
+
+def scan_unroll(unroll: int, length: int) -> int:
+    """Layers per scan iteration for ModelConfig.scan_unroll (0 = auto) on a stack of `length` layers."""
+    if unroll == 0:
+        return length if length <= SCAN_UNROLL_AUTO_LAYERS else 1
+    return min(unroll, length)
+
+
 def run_stack(block: Block, x, positions, mask, length: int, cache: dict | None = None, n_active=None):
     """Run `block` (a Block whose variables are stacked [length, ...]) over its layers with lax.scan.
 
@@ -105,6 +115,7 @@ def run_stack(block: Block, x, positions, mask, length: int, cache: dict | None 
         body = nn.remat(body, policy=remat.policy, prevent_cse=False)
     scan = nn.scan(body, variable_axes={"params": 0, pt.ROUTER: 0, pt.FP8_META: 0},
                    split_rngs={"params": True}, in_axes=0, out_axes=0, length=length,
+                   unroll=scan_unroll(cfg.scan_unroll, length),
                    metadata_params={nn.PARTITION_NAME: "layers"})
     (x, cache), stats = scan(block, (x, cache), jnp.arange(length, dtype=jnp.int32))
     return x, stats, cache

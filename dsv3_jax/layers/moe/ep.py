@@ -63,7 +63,7 @@ class ExpertParallel:
 
 def local_backend(platform: str, fp8: str = "none") -> str:
     """The fastest exact single-device expert path: the grouped GEMM (ragged_dot) on accelerators and for
-    FP8 (its grouped FP8 GEMM), the block-padded batched matmul on CPU (XLA:CPU runs ragged_dot densely)."""
+    FP8 (its grouped FP8 GEMM), the per-block GEMM loop on CPU (XLA:CPU runs ragged_dot densely)."""
     return "ragged" if platform in NATIVE_RAGGED_PLATFORMS or fp8 != "none" else "blocked"
 
 
