@@ -55,11 +55,14 @@ def grouped_swiglu(xs, w1, w2, w3, sizes, dtype, gmm=None):
 def routed_experts_ragged(x, weights, experts, w1, w2, w3, dtype, gmm=None):
     """x [N, D], weights/experts [N, k] -> Σ_k weights · expert(x) [N, D] via sort + grouped GEMM."""
     n, k = experts.shape
-    order, inverse, sizes = sort_assignments(experts, kernel_of(w1).shape[0])  # w1 may be a MetaKernel
-    xs = _rows(x, order // k)  # [M, D], assignment j of token t sits at t·k + j
-    ys = grouped_swiglu(xs, w1, w2, w3, sizes, dtype, gmm)
-    y = _rows(ys, inverse).reshape(n, k, -1)
-    return jnp.einsum("nkd,nk->nd", y, weights.astype(dtype))
+    with jax.named_scope("dispatch"):  # profiler trace names (V3 report Figure 2)
+        order, inverse, sizes = sort_assignments(experts, kernel_of(w1).shape[0])  # w1 may be a MetaKernel
+        xs = _rows(x, order // k)  # [M, D], assignment j of token t sits at t·k + j
+    with jax.named_scope("experts"):
+        ys = grouped_swiglu(xs, w1, w2, w3, sizes, dtype, gmm)
+    with jax.named_scope("combine"):
+        y = _rows(ys, inverse).reshape(n, k, -1)
+        return jnp.einsum("nkd,nk->nd", y, weights.astype(dtype))
 
 
 BLOCK_COST_ROWS = 48  # a block's fixed cost (its weight gather, a small GEMM's overhead) in rows of work
@@ -114,30 +117,36 @@ def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int | 
     n, k = experts.shape
     e, m = w1.shape[0], n * k
     block = block or block_rows(m, e)
-    order, inverse, sizes = sort_assignments(experts, e)
-    padded = (sizes + block - 1) // block * block
-    start = jnp.cumsum(sizes) - sizes  # first sorted row of each expert
-    pstart = jnp.cumsum(padded) - padded  # first padded row of each expert
-    n_blocks = -(-(m + e * (block - 1)) // block)  # static upper bound on the padded blocks
-    expert_of_row = jnp.sort(experts.reshape(-1))
-    dest = pstart[expert_of_row] + jnp.arange(m) - start[expert_of_row]  # padded slot of each sorted row
-    buf = jnp.zeros((n_blocks * block, x.shape[1]), x.dtype).at[dest].set(_rows(x, order // k),
-                                                                           unique_indices=True)
-    block_expert = jnp.minimum(jnp.searchsorted(jnp.cumsum(padded), jnp.arange(n_blocks) * block, side="right"),
-                               e - 1)
-    xb = buf.reshape(n_blocks, block, -1).astype(dtype)
-    bmm = lambda a, w: block_matmul(a, w, block_expert, dtype)
-    yb = bmm(jax.nn.silu(bmm(xb, w1)) * bmm(xb, w3), w2).reshape(n_blocks * block, -1)
-    y = _rows(_rows(yb, dest), inverse).reshape(n, k, -1)
-    return jnp.einsum("nkd,nk->nd", y, weights.astype(dtype))
+    with jax.named_scope("dispatch"):  # profiler trace names (V3 report Figure 2)
+        order, inverse, sizes = sort_assignments(experts, e)
+        padded = (sizes + block - 1) // block * block
+        start = jnp.cumsum(sizes) - sizes  # first sorted row of each expert
+        pstart = jnp.cumsum(padded) - padded  # first padded row of each expert
+        n_blocks = -(-(m + e * (block - 1)) // block)  # static upper bound on the padded blocks
+        expert_of_row = jnp.sort(experts.reshape(-1))
+        dest = pstart[expert_of_row] + jnp.arange(m) - start[expert_of_row]  # padded slot of each sorted row
+        buf = jnp.zeros((n_blocks * block, x.shape[1]), x.dtype).at[dest].set(_rows(x, order // k),
+                                                                               unique_indices=True)
+        block_expert = jnp.minimum(jnp.searchsorted(jnp.cumsum(padded), jnp.arange(n_blocks) * block,
+                                                    side="right"), e - 1)
+        xb = buf.reshape(n_blocks, block, -1).astype(dtype)
+    with jax.named_scope("experts"):
+        bmm = lambda a, w: block_matmul(a, w, block_expert, dtype)
+        yb = bmm(jax.nn.silu(bmm(xb, w1)) * bmm(xb, w3), w2).reshape(n_blocks * block, -1)
+    with jax.named_scope("combine"):
+        y = _rows(_rows(yb, dest), inverse).reshape(n, k, -1)
+        return jnp.einsum("nkd,nk->nd", y, weights.astype(dtype))
 
 
 def routed_experts_dense(x, weights, experts, w1, w2, w3, dtype):
     """Reference: every expert on every token, combined with the dense [N, E] weight matrix."""
     n_experts = w1.shape[0]
-    combine = jnp.sum(jax.nn.one_hot(experts, n_experts, dtype=jnp.float32) * weights[..., None], axis=1)
-    xd = x.astype(dtype)
-    h = jax.nn.silu(jnp.einsum("nd,edf->enf", xd, w1.astype(dtype))) * jnp.einsum("nd,edf->enf", xd,
-                                                                                   w3.astype(dtype))
-    y = jnp.einsum("enf,efd->end", h, w2.astype(dtype))
-    return jnp.einsum("ne,end->nd", combine.astype(dtype), y)
+    with jax.named_scope("dispatch"):  # profiler trace names (V3 report Figure 2)
+        combine = jnp.sum(jax.nn.one_hot(experts, n_experts, dtype=jnp.float32) * weights[..., None], axis=1)
+        xd = x.astype(dtype)
+    with jax.named_scope("experts"):
+        h = jax.nn.silu(jnp.einsum("nd,edf->enf", xd, w1.astype(dtype))) * jnp.einsum("nd,edf->enf", xd,
+                                                                                       w3.astype(dtype))
+        y = jnp.einsum("enf,efd->end", h, w2.astype(dtype))
+    with jax.named_scope("combine"):
+        return jnp.einsum("ne,end->nd", combine.astype(dtype), y)
