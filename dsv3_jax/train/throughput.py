@@ -1,0 +1,148 @@
+"""Throughput of a training run: compile time, tokens/s after compilation, TFLOP/s and MFU.
+
+- The first train step traces, compiles (or loads from the persistent compilation cache) and runs the step:
+  `CompileWatch` reads jax.monitoring's events during it (XLA compile seconds, cache hits/misses), and that
+  step is left out of every rate, so tokens/s and the ETA never average in the compile.
+- Model FLOPs per token come from the caller (the CLI computes them with dsv3_jax/analysis/flops.py, fwd + bwd,
+  causal attention, MTP modules included); TFLOP/s = tokens/s × FLOPs/token.
+- MFU = TFLOP/s / (the device's dense peak × devices). `PEAK_TFLOPS` holds the few devices we quote (NVIDIA's
+  dense, no-sparsity figures; SXM boards unless named); the FP8 peak applies when the model trains in FP8 (model.fp8), the
+  BF16 one otherwise. Any other device (a CPU, say) reports MFU "n/a" rather than a guess.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+
+PEAK_TFLOPS = {  # device_kind substring (first match wins) -> {"bf16": dense TFLOP/s, "fp8": dense TFLOP/s}
+    "H100 PCIE": {"bf16": 756.0, "fp8": 1513.0},
+    "H100 NVL": {"bf16": 835.0, "fp8": 1671.0},
+    "H100": {"bf16": 989.4, "fp8": 1978.9},
+    "H200": {"bf16": 989.4, "fp8": 1978.9},
+    "H800": {"bf16": 989.4, "fp8": 1978.9},
+}
+
+
+def peak_tflops(device_kind: str, fp8: bool) -> float | None:
+    """Dense peak TFLOP/s of one device of this kind (jax Device.device_kind), or None when unknown."""
+    for name, peaks in PEAK_TFLOPS.items():
+        if name in device_kind.upper():
+            return peaks["fp8" if fp8 else "bf16"]
+    return None
+
+
+def device_peak(fp8: bool) -> tuple[str, float | None]:
+    """(description of the devices, their summed peak TFLOP/s or None)."""
+    devices = jax.devices()
+    kind = devices[0].device_kind
+    one = peak_tflops(kind, fp8)
+    what = f"{len(devices)} × {kind} ({devices[0].platform})"
+    return what, None if one is None else one * len(devices)
+
+
+class CompileWatch:
+    """Context manager: XLA compile seconds and persistent-cache hits/misses recorded by jax while open."""
+
+    def __init__(self):
+        self.compile_seconds, self.cache_hits, self.cache_misses = 0.0, 0, 0
+
+    def _duration(self, name, seconds, **_):
+        if name == "/jax/core/compile/backend_compile_duration":
+            self.compile_seconds += seconds
+
+    def _event(self, name, **_):
+        if name == "/jax/compilation_cache/cache_hits":
+            self.cache_hits += 1
+        elif name == "/jax/compilation_cache/cache_misses":
+            self.cache_misses += 1
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self._duration)
+        jax.monitoring.register_event_listener(self._event)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._duration)
+        jax.monitoring.unregister_event_listener(self._event)
+        return False
+
+    def describe(self) -> str:
+        """`XLA 17.5 s` / `loaded from the compilation cache` / `...; 2 of 3 from the cache`."""
+        if self.cache_hits and not self.cache_misses:
+            return "loaded from the compilation cache"
+        text = f"XLA compile {self.compile_seconds:.1f} s"
+        if self.cache_hits:
+            text += f", {self.cache_hits} of {self.cache_hits + self.cache_misses} programs from the cache"
+        elif self.cache_misses:
+            text += ", written to the compilation cache"
+        return text
+
+
+@dataclasses.dataclass
+class StepTimer:
+    """Seconds of each train step after the first (compiling) one; a window since the last report."""
+
+    tokens_per_step: int
+    flops_per_token: float | None = None
+    peak_tflops: float | None = None
+    steps: int = 0
+    seconds: float = 0.0
+    window_steps: int = 0
+    window_seconds: float = 0.0
+
+    def record(self, seconds: float) -> None:
+        self.steps, self.seconds = self.steps + 1, self.seconds + seconds
+        self.window_steps, self.window_seconds = self.window_steps + 1, self.window_seconds + seconds
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        return self.seconds / self.steps if self.steps else None
+
+    def tokens_per_second(self, window: bool = False) -> float | None:
+        steps, seconds = (self.window_steps, self.window_seconds) if window else (self.steps, self.seconds)
+        return steps * self.tokens_per_step / seconds if steps and seconds > 0 else None
+
+    def take_window(self) -> float | None:
+        """tokens/s over the steps since the previous call (then a new window starts)."""
+        rate = self.tokens_per_second(window=True)
+        self.window_steps, self.window_seconds = 0, 0.0
+        return rate
+
+    def tflops(self, tokens_per_second: float | None) -> float | None:
+        if tokens_per_second is None or not self.flops_per_token:
+            return None
+        return tokens_per_second * self.flops_per_token / 1e12
+
+    def mfu(self, tokens_per_second: float | None) -> float | None:
+        tf = self.tflops(tokens_per_second)
+        return None if tf is None or not self.peak_tflops else tf / self.peak_tflops
+
+    def rate_text(self, tokens_per_second: float | None) -> str:
+        """`2,950 tok/s 0.0443 TFLOP/s MFU n/a` (or `MFU 41.2%`)."""
+        if tokens_per_second is None:
+            return "tok/s n/a"
+        text = f"{tokens_per_second:,.0f} tok/s"
+        tf = self.tflops(tokens_per_second)
+        if tf is not None:
+            mfu = self.mfu(tokens_per_second)
+            text += f" {tf:.3g} TFLOP/s MFU " + ("n/a" if mfu is None else f"{100 * mfu:.1f}%")
+        return text
+
+
+class Stopwatch:
+    """`with sw:` adds the block's wall seconds to sw.total and counts it."""
+
+    def __init__(self):
+        self.total, self.count, self.last = 0.0, 0, 0.0
+
+    def __enter__(self):
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.last = time.perf_counter() - self._t0
+        self.total, self.count = self.total + self.last, self.count + 1
+        return False
