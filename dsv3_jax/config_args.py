@@ -151,7 +151,8 @@ def config_lines(exp: ExperimentConfig) -> list[str]:
 
 def config_summary(exp: ExperimentConfig) -> list[str]:
     """The resolved config as one line per block (logged at start by every tool that takes a config)."""
-    return [f"  {block}: " + " ".join(f"{k}={v}" for k, v in d.items()) for block, d in exp.to_dict().items()]
+    show = lambda v: repr(v) if isinstance(v, str) else str(v)  # noqa: E731 ('def ', '' stay visible)
+    return [f"  {block}: " + " ".join(f"{k}={show(v)}" for k, v in d.items()) for block, d in exp.to_dict().items()]
 
 
 def log_config(exp: ExperimentConfig, spec: str, overrides: Sequence[str]) -> None:

@@ -57,12 +57,12 @@ def main(argv=None) -> None:
     parser = make_parser()
     args, overrides = config_args.parse(parser, argv)
     try:
+        if not args.workdir and not args.print_config:
+            raise ValueError("--workdir=DIR is required (checkpoints and metrics go there)")
         exp = config_args.experiment(args, overrides)
         if args.print_config:
             config_args.print_config(exp)
             sys.exit(0)
-        if not args.workdir:
-            raise ValueError("--workdir=DIR is required (checkpoints and metrics go there)")
     except ValueError as e:
         print(f"dsv3-train: error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -39,7 +39,7 @@ def device_peak(fp8: bool) -> tuple[str, float | None]:
     devices = jax.devices()
     kind = devices[0].device_kind
     one = peak_tflops(kind, fp8)
-    what = f"{len(devices)} × {kind} ({devices[0].platform})"
+    what = f"{len(devices)} × {kind}" + ("" if kind.lower() == devices[0].platform else f" ({devices[0].platform})")
     return what, None if one is None else one * len(devices)
 
 
