@@ -153,7 +153,9 @@ class _Run:
             return step
         with self.save_time:
             self.ckpt.save(state, self.train_iter.get_state())
-        self.console.checkpoint(step, self.ckpt.step_dir(step), self.save_time.last)
+        path = self.ckpt.step_dir(step)
+        shown = os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path  # as the user typed it
+        self.console.checkpoint(step, shown, self.save_time.last)
         return step
 
     def nonfinite(self, state, metrics) -> None:
@@ -310,7 +312,8 @@ def train(cd, workdir: str, log=print, *, flops_per_token: float | None = None) 
             "to resume")
         return {**run.summary, "step": int(state.step), "interrupted": signal_name(signum),
                 "val_unigram_bits_per_byte": train_iter.info.val_unigram_bits_per_byte}
-    times = {"_t0": t0, "compile": compile_seconds, f"{timer.steps} timed steps": timer.seconds,
-             f"{run.eval_time.count} evals": run.eval_time.total, f"{run.save_time.count} checkpoints":
-             run.save_time.total}
+    count = lambda n, what: f"{n} {what}" + ("" if n == 1 else "s")  # noqa: E731
+    times = {"_t0": t0, "compile": compile_seconds, count(timer.steps, "timed step"): timer.seconds,
+             count(run.eval_time.count, "eval"): run.eval_time.total,
+             count(run.save_time.count, "checkpoint"): run.save_time.total}
     return _finish(run, exp, workdir, state, train_iter, cfg, timer, devices, times, log)
