@@ -27,8 +27,9 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5"],
         "notebook": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "matplotlib>=3.8"],
-        # Plots (experiments/runner.py, dsv3-pipeline-sim --plot) and the TensorBoard viewer.
-        "viz": ["matplotlib>=3.8", "tensorboard>=2.16"],
+        # Plots (experiments/runner.py, dsv3-pipeline-sim --plot), the TensorBoard viewer and its profile plugin
+        # xprof (train.profile_steps traces; benchmarks/profile_step.py converts traces with it).
+        "viz": ["matplotlib>=3.8", "tensorboard>=2.16", "xprof>=2.20"],
         # Hugging Face datasets as a corpus (data.source="hf"). Checkpoint conversion (dsv3-convert) needs no
         # extra: safetensors are read and written by dsv3_jax/interop/safetensors_io.py, without torch.
         "hf": ["datasets>=2.14"],

@@ -72,7 +72,10 @@ def main(argv=None) -> None:
 def _train(exp, args) -> int:
     import signal
 
+    import jax
+
     from dsv3_jax.analysis.flops import training_flops_per_token
+    from dsv3_jax.analysis.hardware import peak_flops
     from dsv3_jax.parallel import distributed
     from dsv3_jax.train.loop import NonFiniteError, train
 
@@ -80,7 +83,8 @@ def _train(exp, args) -> int:
     try:
         distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
         flops = training_flops_per_token(exp.model, exp.train.seq_len, include_mtp=True)
-        summary = train(exp, args.workdir, flops_per_token=flops)
+        peak = peak_flops(jax.devices()[0].device_kind, "bf16" if exp.model.fp8 == "none" else "fp8")
+        summary = train(exp, args.workdir, flops_per_token=flops, peak_flops=peak)
     except (ValueError, NonFiniteError) as e:
         print(f"dsv3-train: error: {e}", file=sys.stderr)
         return 1

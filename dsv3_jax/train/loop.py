@@ -37,7 +37,7 @@ from dsv3_jax.train.interrupt import StopSignal, signal_name
 from dsv3_jax.train.console import Console, summary_rows, table
 from dsv3_jax.train.logging import MetricsWriter, write_summary
 from dsv3_jax.train.profiling import StepProfiler
-from dsv3_jax.train.throughput import CompileWatch, StepTimer, Stopwatch, device_peak
+from dsv3_jax.train.throughput import CompileWatch, StepTimer, Stopwatch, devices_text
 from dsv3_jax.train.state import init_state
 
 NonFiniteLossError = NonFiniteError  # its name before it also covered gradients and updates (kept for imports)
@@ -226,10 +226,11 @@ def _steps(run: _Run, state, train_step, stop: StopSignal, timer: StepTimer, pro
     return state, 0, compile_seconds
 
 
-def _console(exp, start, flops_per_token, log):
-    """(StepTimer, Console, the devices' description) for this run."""
+def _console(exp, start, flops_per_token, peak_flops, log):
+    """(StepTimer, Console, the devices' description) for this run; peak_flops is one device's."""
     t = exp.train
-    devices, peak = device_peak(fp8=exp.model.fp8 != "none")
+    devices = devices_text()
+    peak = peak_flops * jax.device_count() / 1e12 if peak_flops else None
     timer = StepTimer(t.batch_size * t.seq_len, flops_per_token, peak)
     if flops_per_token:
         log(f"devices: {devices}; {flops_per_token / 1e6:,.1f} MFLOPs per token (fwd+bwd, with MTP); peak "
@@ -262,11 +263,13 @@ def _finish(run, exp, workdir, state, train_iter, cfg, timer, devices, times, lo
     return summary
 
 
-def train(cd, workdir: str, log=print, *, flops_per_token: float | None = None) -> dict:
+def train(cd, workdir: str, log=print, *, flops_per_token: float | None = None,
+          peak_flops: float | None = None) -> dict:
     """Train the model of experiment config `cd` (a ConfigDict or ExperimentConfig) in `workdir`, resuming from
     its newest usable checkpoint. Returns the final eval metrics, "step", "train_tokens_per_second" (after
     compilation), "sample" when train.sample_tokens, and "interrupted" (the signal's name) when SIGTERM/SIGINT
-    stopped it. `flops_per_token`: model FLOPs per token (analysis/flops.py) for TFLOP/s and MFU."""
+    stopped it. `flops_per_token`: model FLOPs per token (analysis/flops.py) for TFLOP/s; `peak_flops`: one
+    device's peak FLOP/s (analysis/hardware.py) for MFU."""
     t0 = time.perf_counter()
     exp = ExperimentConfig.from_dict(cd)  # every field validated before anything is printed or written
     t, primary = exp.train, jax.process_index() == 0
@@ -291,7 +294,7 @@ def train(cd, workdir: str, log=print, *, flops_per_token: float | None = None) 
         writer = MetricsWriter(workdir, start) if primary else _Silent()
         if primary and writer.dropped:
             log(f"metrics.jsonl: dropped {writer.dropped} rows past step {start} (from the interrupted run)")
-        timer, console, devices = _console(exp, start, flops_per_token, log)
+        timer, console, devices = _console(exp, start, flops_per_token, peak_flops, log)
         run = _Run(exp, ckpt, train_iter, val_batches, eval_step, lambda b: train_layout.global_batch(b, mesh),
                    writer, console, log)
         profiler = StepProfiler(workdir, t.profile_steps, start, log)

@@ -5,9 +5,9 @@
   step is left out of every rate, so tokens/s and the ETA never average in the compile.
 - Model FLOPs per token come from the caller (the CLI computes them with dsv3_jax/analysis/flops.py, fwd + bwd,
   causal attention, MTP modules included); TFLOP/s = tokens/s × FLOPs/token.
-- MFU = TFLOP/s / (the device's dense peak × devices). `PEAK_TFLOPS` holds the few devices we quote (NVIDIA's
-  dense, no-sparsity figures; SXM boards unless named); the FP8 peak applies when the model trains in FP8 (model.fp8), the
-  BF16 one otherwise. Any other device (a CPU, say) reports MFU "n/a" rather than a guess.
+- MFU = TFLOP/s / (one device's dense peak × devices). The caller passes the peak too: the CLI reads it from
+  dsv3_jax/analysis/hardware.py (H100/H200/H800, BF16, and FP8 when model.fp8 is set); a device without an
+  entry there (a CPU, say) reports MFU "n/a" rather than a guess.
 """
 
 from __future__ import annotations
@@ -17,30 +17,11 @@ import time
 
 import jax
 
-PEAK_TFLOPS = {  # device_kind substring (first match wins) -> {"bf16": dense TFLOP/s, "fp8": dense TFLOP/s}
-    "H100 PCIE": {"bf16": 756.0, "fp8": 1513.0},
-    "H100 NVL": {"bf16": 835.0, "fp8": 1671.0},
-    "H100": {"bf16": 989.4, "fp8": 1978.9},
-    "H200": {"bf16": 989.4, "fp8": 1978.9},
-    "H800": {"bf16": 989.4, "fp8": 1978.9},
-}
-
-
-def peak_tflops(device_kind: str, fp8: bool) -> float | None:
-    """Dense peak TFLOP/s of one device of this kind (jax Device.device_kind), or None when unknown."""
-    for name, peaks in PEAK_TFLOPS.items():
-        if name in device_kind.upper():
-            return peaks["fp8" if fp8 else "bf16"]
-    return None
-
-
-def device_peak(fp8: bool) -> tuple[str, float | None]:
-    """(description of the devices, their summed peak TFLOP/s or None)."""
+def devices_text() -> str:
+    """`8 × NVIDIA H100 80GB HBM3 (gpu)` / `1 × cpu`."""
     devices = jax.devices()
     kind = devices[0].device_kind
-    one = peak_tflops(kind, fp8)
-    what = f"{len(devices)} × {kind}" + ("" if kind.lower() == devices[0].platform else f" ({devices[0].platform})")
-    return what, None if one is None else one * len(devices)
+    return f"{len(devices)} × {kind}" + ("" if kind.lower() == devices[0].platform else f" ({devices[0].platform})")
 
 
 class CompileWatch:

@@ -59,17 +59,30 @@ def test_console_lines_and_summary(run):
     assert saved["train_tokens_per_second"] > 0 and "train_mfu" not in saved  # no peak known for a CPU
 
 
-def test_step_timer_leaves_out_the_compile_and_mfu_uses_the_peak_table():
-    timer = throughput.StepTimer(tokens_per_step=1000, flops_per_token=2e9, peak_tflops=989.4)
+def test_mfu_through_the_cli_uses_the_peak_table(tmp_path, monkeypatch):
+    # The CLI passes analysis/hardware.py's peak of the device it runs on; pretend it is an H100.
+    import dsv3_jax.analysis.hardware as hardware
+    from dsv3_jax.cli import train as cli
+    from dsv3_jax.train import loop
+
+    seen = {}
+    monkeypatch.setattr(hardware, "peak_flops", lambda kind, dtype: seen.setdefault("args", (kind, dtype)) and 989e12)
+    monkeypatch.setattr(loop, "train", lambda exp, workdir, **kw: seen.update(kw) or {"step": 0})
+    monkeypatch.setattr(cli, "setup_compile_cache", lambda args: None)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--config=configs/tiny.py", f"--workdir={tmp_path}"])
+    assert exit_info.value.code == 0 and seen["args"] == ("cpu", "bf16") and seen["peak_flops"] == 989e12
+    assert seen["flops_per_token"] == pytest.approx(6.4e6, rel=0.05)  # analysis/flops.py, with MTP
+
+
+def test_step_timer_leaves_out_the_compile_and_mfu_uses_the_peak():
+    timer = throughput.StepTimer(tokens_per_step=1000, flops_per_token=2e9, peak_tflops=989.0)
     for seconds in (0.5, 0.5):
         timer.record(seconds)
     assert timer.tokens_per_second() == 2000 and timer.tflops(2000) == pytest.approx(4.0)
-    assert timer.mfu(2000) == pytest.approx(4.0 / 989.4)
-    assert throughput.peak_tflops("NVIDIA H100 80GB HBM3", fp8=False) == 989.4
-    assert throughput.peak_tflops("NVIDIA H200", fp8=True) == 1978.9
-    assert throughput.peak_tflops("NVIDIA H800", fp8=False) == 989.4
-    assert throughput.peak_tflops("NVIDIA H100 PCIe", fp8=False) == 756.0
-    assert throughput.peak_tflops("cpu", fp8=False) is None
+    assert timer.mfu(2000) == pytest.approx(4.0 / 989.0)
+    assert timer.rate_text(2000) == "2,000 tok/s 4 TFLOP/s MFU 0.4%"
+    assert throughput.StepTimer(1000, 2e9, None).rate_text(2000) == "2,000 tok/s 4 TFLOP/s MFU n/a"  # a CPU
     console = Console(total=100, start=0, timer=timer, eval_every=50, evaluates=True, write=lambda s: None)
     console.eval_seconds = 3.0
     assert console.eta(10) == pytest.approx(90 * 0.5 + 2 * 3.0)  # two evals left (50, 100)
