@@ -93,3 +93,20 @@ def test_packaged_configs_resolve_from_any_directory(tmp_path, monkeypatch):
     cd = config_args.load_config("configs/tiny.py", ["train.steps=5"])
     assert cd.train.steps == 5 and cd.model.dim == 128
     assert config_args.config_names() == ["deepseek_v2_lite", "deepseek_v3", "small", "tiny"]
+
+
+def test_every_argparse_flag_is_spelled_with_underscores():
+    # Every tool in the repository (console scripts, benchmarks, experiments, kernels' benches): the first
+    # spelling of each long flag uses underscores; a hyphenated alias may follow it.
+    hyphenated = []
+    for root in ("dsv3_jax", "benchmarks", "experiments", "pallas_kernels"):
+        for d, _, files in os.walk(os.path.join(REPO, root)):
+            for f in (f for f in files if f.endswith(".py")):
+                path = os.path.join(d, f)
+                for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+                    if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+                        longs = [a.value for a in node.args if isinstance(a, ast.Constant)
+                                 and str(a.value).startswith("--")]
+                        if longs and "-" in longs[0][2:]:
+                            hyphenated.append(f"{os.path.relpath(path, REPO)}: {longs[0]}")
+    assert hyphenated == []
