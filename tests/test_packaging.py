@@ -1,5 +1,5 @@
 """Packaging (issue 18): every imported third-party package is declared in setup.py and every declared one is
-used; a non-editable install (a built wheel) finds the configs the way the quickstart notebook does."""
+used; a non-editable `pip install .` finds the configs the way the quickstart notebook does."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-import zipfile
 
 import pytest
 
@@ -81,28 +80,28 @@ def test_every_import_is_declared_and_every_declaration_is_used():
     assert dists["torch"] == "hf-parity" and dists["matplotlib"] in ("viz", "notebook")
 
 
-def _build_wheel(tmp_path) -> str:
+def _pip_install(tmp_path) -> str:
+    """`pip install .` (not editable) of a copy of the source tree into a fresh directory; returns it."""
     src = tmp_path / "src"
     src.mkdir()
     for name in ("setup.py", "README.md"):
         shutil.copy(os.path.join(REPO, name), src / name)
     for pkg in ("dsv3_jax", "pallas_kernels"):
         shutil.copytree(os.path.join(REPO, pkg), src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "wheel"), str(src)]
-    if all(importlib.util.find_spec(m) for m in ("setuptools", "wheel")):  # build without downloading them
-        cmd.insert(5, "--no-build-isolation")
+    site = tmp_path / "site"
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(src)]
+    if importlib.util.find_spec("setuptools"):  # build with the installed setuptools (>= 70.1 builds wheels)
+        cmd.insert(4, "--no-build-isolation")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (whl,) = (tmp_path / "wheel").glob("dsv3_jax-*.whl")
-    return str(whl)
+    return str(site)
 
 
 def test_non_editable_install_finds_the_configs(tmp_path):
-    whl = _build_wheel(tmp_path)
-    names = zipfile.ZipFile(whl).namelist()
-    assert {f"dsv3_jax/configs/{n}.py" for n in ("tiny", "small", "deepseek_v3", "deepseek_v2_lite")} <= set(names)
-    site = tmp_path / "site"
-    zipfile.ZipFile(whl).extractall(site)  # what `pip install dsv3_jax-*.whl` puts in site-packages
+    site = _pip_install(tmp_path)
+    packaged = {n for n in os.listdir(os.path.join(site, "dsv3_jax", "configs")) if n.endswith(".py")}
+    assert {f"{n}.py" for n in ("tiny", "small", "deepseek_v3", "deepseek_v2_lite")} <= packaged
+    assert not os.path.exists(os.path.join(site, "configs"))  # only the package, no stray top-level directory
     elsewhere = tmp_path / "elsewhere"  # no configs/ here: as in Colab or any directory after `pip install .`
     elsewhere.mkdir()
     code = ("import dsv3_jax, os\n"
@@ -110,10 +109,11 @@ def test_non_editable_install_finds_the_configs(tmp_path):
             "cd = load_config('configs/tiny.py')  # the quickstart notebook's code path\n"
             "assert dsv3_jax.__file__.startswith(os.environ['SITE']), dsv3_jax.__file__\n"
             "print(cd.model.dim, cd.train.steps)\n")
-    env = dict(os.environ, PYTHONPATH=str(site), SITE=str(site), JAX_PLATFORMS="cpu")
+    env = dict(os.environ, PYTHONPATH=site, SITE=site, JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=elsewhere,
                           timeout=300)
     assert proc.returncode == 0 and proc.stdout.split() == ["128", "600"], proc.stderr[-3000:]
-    proc = subprocess.run([sys.executable, "-m", "dsv3_jax.cli.train", "--config=configs/tiny.py", "--print_config"],
-                          capture_output=True, text=True, env=env, cwd=elsewhere, timeout=300)
+    script = os.path.join(site, "bin", "dsv3-train")  # the installed console script itself
+    proc = subprocess.run([script, "--config=configs/tiny.py", "--print_config"], capture_output=True, text=True,
+                          env=env, cwd=elsewhere, timeout=300)
     assert proc.returncode == 0 and "train.steps = 600" in proc.stdout.splitlines(), proc.stderr[-3000:]
