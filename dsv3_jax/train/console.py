@@ -64,10 +64,12 @@ class Console:
             return math.inf
         return (self.total - step) * per_step + self._evals_left(step) * (self.eval_seconds or 0.0)
 
-    def step(self, step: int, loss: float, lr: float) -> None:
+    def step(self, step: int, loss: float, lr: float) -> float | None:
+        """One step line; returns its tokens/s (over the steps since the previous line, compile left out)."""
         rate = self.timer.take_window()
         self.write(f"step {step:>{self.width}}/{self.total}  loss {loss:.4f}  {self.timer.rate_text(rate)}  "
                    f"lr {lr:.2e}  ETA {duration(self.eta(step))}")
+        return rate
 
     def eval(self, step: int, metrics: dict, seconds: float, first: bool) -> None:
         if not first:

@@ -184,9 +184,10 @@ class _Run:
         if finite:
             self.skips = 0
         if not finite or step % t.log_every == 0 or step == t.steps:
-            self.writer.write(step, {**metrics, "skipped_total": self.skipped_total})
-            if finite:
-                self.console.step(step, float(metrics["loss"]), float(metrics["lr"]))
+            rates = {}
+            if finite:  # tokens/s, TFLOP/s, MFU of the steps since the previous line (to TensorBoard too)
+                rates = self.console.timer.rates(self.console.step(step, float(metrics["loss"]), float(metrics["lr"])))
+            self.writer.write(step, {**metrics, **rates, "skipped_total": self.skipped_total})
         if t.eval_batches and (step % t.eval_every == 0 or step == t.steps):
             with self.eval_time:
                 self.summary = evaluate(self.eval_step, state, self.val_batches, t.eval_batches, self.place)

@@ -101,6 +101,12 @@ class StepTimer:
         tf = self.tflops(tokens_per_second)
         return None if tf is None or not self.peak_tflops else tf / self.peak_tflops
 
+    def rates(self, tokens_per_second: float | None) -> dict:
+        """{"tokens_per_second", "tflops", "mfu"} for metrics.jsonl / TensorBoard (the ones that are known)."""
+        values = {"tokens_per_second": tokens_per_second, "tflops": self.tflops(tokens_per_second),
+                  "mfu": self.mfu(tokens_per_second)}
+        return {k: v for k, v in values.items() if v is not None}
+
     def rate_text(self, tokens_per_second: float | None) -> str:
         """`2,950 tok/s 0.0443 TFLOP/s MFU n/a` (or `MFU 41.2%`)."""
         if tokens_per_second is None:

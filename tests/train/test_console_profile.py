@@ -57,6 +57,10 @@ def test_console_lines_and_summary(run):
     saved = json.load(open(os.path.join(workdir, "summary.json")))
     assert saved["step"] == 4 and saved["val_bits_per_byte"] == pytest.approx(summary["val_bits_per_byte"])
     assert saved["train_tokens_per_second"] > 0 and "train_mfu" not in saved  # no peak known for a CPU
+    rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")) if '"kind": "train"' in l]
+    assert [r["step"] for r in rows] == [2, 4]  # each logged step's rates (the compiling step 1 left out)
+    assert all(r["tokens_per_second"] > 0 and r["tflops"] == pytest.approx(r["tokens_per_second"] * 1e6 / 1e12)
+               and "mfu" not in r for r in rows)
 
 
 def test_mfu_through_the_cli_uses_the_peak_table(tmp_path, monkeypatch):
