@@ -1,12 +1,13 @@
 """train.profile_steps=[a, b]: a jax.profiler trace of train steps a..b in workdir/profile/.
 
-The trace is XProf's format, `workdir/profile/plugins/profile/<time>/<host>.xplane.pb` (open it in
-TensorBoard's profile plugin: `pip install tensorboard tensorboard-plugin-profile`, then
-`tensorboard --logdir WORKDIR/profile`), plus `<host>.trace.json.gz` and `perfetto_trace.json.gz` for
-https://ui.perfetto.dev. The model's main parts carry jax.named_scope names (attention, router, dispatch,
-experts, combine, shared_experts, mtp: layers/block.py, layers/moe/, model.py), so the ops read like the
-V3 report's Figure 2. Steps are the log's numbers: the trace starts before step a runs and stops after step
-b has finished (the loop waits for each step), or at the end of the run, whichever comes first.
+The trace is XProf's format, `workdir/profile/plugins/profile/<time>/<host>.xplane.pb`: open it in
+TensorBoard's profile plugin, which the `xprof` package provides (`pip install "dsv3_jax[viz]"`, then
+`tensorboard --logdir WORKDIR/profile`, or `xprof server --logdir WORKDIR/profile`). `<host>.trace.json.gz` and
+`perfetto_trace.json.gz` sit next to it for https://ui.perfetto.dev. The model's main parts carry
+jax.named_scope names (attention, router, dispatch, experts, combine, shared_experts, mtp: layers/block.py,
+layers/moe/, model.py), so the ops read like the V3 report's Figure 2. Steps are the log's numbers: the trace
+starts before step a runs and stops after step b has finished (the loop waits for each step), or at the end of
+the run, whichever comes first.
 """
 
 from __future__ import annotations
@@ -46,4 +47,4 @@ class StepProfiler:
             jax.profiler.stop_trace()
             self.active, self.done = False, True
             self.log(f"profile: trace of steps {self.traced_from}-{self.seen} written to {self.dir} "
-                     "(tensorboard --logdir with tensorboard-plugin-profile, or ui.perfetto.dev)")
+                     "(tensorboard --logdir with xprof's profile plugin, or ui.perfetto.dev)")
