@@ -20,6 +20,7 @@ import importlib.util
 import logging
 import os
 import sys
+import traceback
 from typing import Iterable, Sequence
 
 import ml_collections
@@ -95,14 +96,30 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     path, _, arg = resolve_config_path(spec).partition(":")
     module_spec = importlib.util.spec_from_file_location(f"_dsv3_config_{len(_LOADED)}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
     _LOADED.append(path)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # a user's file: one line naming it and the line that failed
+        raise ValueError(f"--config={spec}: {path} does not load: {_where(e, path)}") from e
     if not callable(getattr(module, "get_config", None)):
         raise ValueError(f"--config={spec}: {path} defines no get_config(arg)")
-    cd = module.get_config(arg or None)
+    try:
+        cd = module.get_config(arg or None)
+    except Exception as e:
+        raise ValueError(f"--config={spec}: get_config({arg or ''}) of {path} failed: {_where(e, path)}") from e
     if not isinstance(cd, ml_collections.ConfigDict):
         raise ValueError(f"--config={spec}: get_config() returned {type(cd).__name__}, expected a ConfigDict")
     return apply_overrides(cd, overrides)
+
+
+def _where(error: Exception, path: str) -> str:
+    """`line 3: SyntaxError: expected ':'`: the error and the line of `path` it was raised at (if any)."""
+    line = getattr(error, "lineno", None) if isinstance(error, SyntaxError) else None
+    for frame in traceback.extract_tb(error.__traceback__):
+        if os.path.abspath(frame.filename) == os.path.abspath(path):
+            line = frame.lineno
+    message = error.msg if isinstance(error, SyntaxError) else str(error)
+    return (f"line {line}: " if line else "") + f"{type(error).__name__}: {message}"
 
 
 def apply_overrides(cd: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:

@@ -110,3 +110,19 @@ def test_every_argparse_flag_is_spelled_with_underscores():
                         if longs and "-" in longs[0][2:]:
                             hyphenated.append(f"{os.path.relpath(path, REPO)}: {longs[0]}")
     assert hyphenated == []
+
+
+@pytest.mark.parametrize("source,message", [
+    ("def get_config(arg=None)\n    return 1\n", "does not load: line 1: SyntaxError: expected ':'"),
+    ("x = 1\n", "defines no get_config(arg)"),
+    ("def get_config(arg=None):\n    return int('x')\n", "failed: line 2: ValueError: invalid literal"),
+    ("def get_config(arg=None):\n    return {}\n", "get_config() returned dict, expected a ConfigDict"),
+])
+def test_a_broken_config_file_is_one_error_naming_it(tmp_path, source, message, capsys):
+    path = tmp_path / "mine.py"
+    path.write_text(source)
+    with pytest.raises(SystemExit) as exit_info:
+        _main("dsv3-train")([f"--config={path}", "--print_config"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.startswith(f"dsv3-train: error: --config={path}: ") and message in err
+    assert len(err.strip().splitlines()) == 1, err
