@@ -24,7 +24,7 @@ def console_scripts() -> dict[str, str]:
 
 SCRIPTS = console_scripts()
 FLAGS = {"dsv3-train": ["--workdir", "--config", "--print_config", "--coordinator_address", "--no_compile_cache",
-                        "--compile_cache_dir"],
+                        "--compile_cache_dir", "--config.train.profile_steps=[a,b]"],
          "dsv3-generate": ["--workdir", "--prompt", "--max_new_tokens", "--top_p", "--speculative", "--step"],
          "dsv3-report": ["--format", "--json", "--seq_len", "--config", "--devices"],
          "dsv3-convert": ["--from_hf", "--to_hf", "--to", "--from", "--keep_fp8", "--shard_size", "--step"],

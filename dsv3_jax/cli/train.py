@@ -9,7 +9,9 @@ Open MPI with none of them (parallel/distributed.py); the mesh comes from --conf
 Output: the resolved config (stderr), then the data, a compile line, a line per train.log_every steps (loss,
 tokens/s after compilation, TFLOP/s, MFU, ETA), an eval line per evaluation, a line per checkpoint and a summary
 table (stdout); the numbers go to workdir/metrics.jsonl, workdir/summary.json and TensorBoard
-(`tensorboard --logdir WORKDIR`). The persistent compilation cache is on (train/compile_cache.py).
+(`tensorboard --logdir WORKDIR`). --config.train.profile_steps=[a,b] writes a jax.profiler trace of steps a..b
+to WORKDIR/profile (TensorBoard's profile plugin from xprof, or ui.perfetto.dev). The persistent compilation
+cache is on (train/compile_cache.py).
 
 Exit status: 0 when train.steps are done; 1 on bad input or a non-finite step (one `dsv3-train: error:` line,
 naming the field or the last good checkpoint); 2 on unknown flags; 128 + the signal number (143 for SIGTERM,
