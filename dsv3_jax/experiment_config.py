@@ -62,16 +62,25 @@ class TrainConfig:
     max_nonfinite_skips: int = 10  # "skip": stop after this many non-finite steps in a row
     allow_config_change: str = ""  # comma-separated fields (e.g. "model.route_scale") a resume may change
     restore_step: int = -1  # resume from exactly this checkpoint (-1: the newest usable one)
+    # Observability (train/profiling.py): [a, b] writes a jax.profiler trace of steps a..b (inclusive, the
+    # step numbers of the log) to workdir/profile/; () = no trace.
+    profile_steps: tuple = ()
 
     def __post_init__(self):
+        if isinstance(self.profile_steps, list):  # from JSON (config.json) or a list literal
+            object.__setattr__(self, "profile_steps", tuple(self.profile_steps))
         check("train", self, _train_rules())
 
     def warnings(self) -> list[str]:
         """Accepted but probably unintended settings, as lines the training loop logs."""
+        out = []
         if self.warmup_steps > self.steps:
-            return [f"warning: train.warmup_steps={self.warmup_steps} > train.steps={self.steps}: the learning "
-                    f"rate never reaches train.lr={self.lr}"]
-        return []
+            out.append(f"warning: train.warmup_steps={self.warmup_steps} > train.steps={self.steps}: the learning "
+                       f"rate never reaches train.lr={self.lr}")
+        if self.profile_steps and self.profile_steps[1] > self.steps:
+            out.append(f"warning: train.profile_steps={list(self.profile_steps)} ends after train.steps="
+                       f"{self.steps}: the trace stops at step {self.steps}")
+        return out
 
     @property
     def allowed_changes(self) -> tuple[str, ...]:
@@ -108,7 +117,15 @@ def _train_rules():
         "nonfinite": (lambda v: v in NONFINITE_MODES, f"must be one of {NONFINITE_MODES}"),
         "max_nonfinite_skips": positive,
         "restore_step": (lambda v: v >= -1, "must be -1 (the newest usable checkpoint) or a step >= 0"),
+        "profile_steps": (_profile_steps_ok, "must be [] (no trace) or [a, b]: two integer steps with 1 <= a <= b"),
     }
+
+
+def _profile_steps_ok(v) -> bool:
+    if not isinstance(v, tuple):
+        return False
+    ints = all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+    return v == () or (len(v) == 2 and ints and 1 <= v[0] <= v[1])
 
 
 @dataclasses.dataclass(frozen=True)

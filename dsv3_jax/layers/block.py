@@ -54,7 +54,8 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, positions, mask, cache: CacheSlot | None = None):
         c = self.cfg
-        a, cache = attention_module(c)(RMSNorm(c.norm_eps, name=pt.ATTN_NORM)(x), positions, mask, cache)
+        with jax.named_scope("attention"):  # profiler trace names (V3 report Figure 2)
+            a, cache = attention_module(c)(RMSNorm(c.norm_eps, name=pt.ATTN_NORM)(x), positions, mask, cache)
         x = x + a
         h = RMSNorm(c.norm_eps, name=pt.FFN_NORM)(x)
         if self.moe:
