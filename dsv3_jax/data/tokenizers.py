@@ -41,6 +41,10 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         raise NotImplementedError
 
+    def encode_documents(self, texts: Sequence[str]) -> list[list[int]]:
+        """ids of many documents, without BOS/EOS (the packer adds the separators)."""
+        return [list(self.encode(t, bos=False)) for t in texts]
+
     def stream(self) -> "TextStream":
         raise NotImplementedError
 

@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 
 from dsv3_jax import sharding
-from dsv3_jax.data import tokenizer
 from dsv3_jax.data.pipeline import make_datasets
+from dsv3_jax.data.tokenizers import ByteTokenizer
 from dsv3_jax.experiment_config import ExperimentConfig
 from dsv3_jax.parallel import layout
-from dsv3_jax.train import checkpoint, optim, pipeline_step, resume, restore, sample, step as step_lib
+from dsv3_jax.train import checkpoint, init_from, optim, pipeline_step, resume, restore, sample, step as step_lib
 from dsv3_jax.train import layout as train_layout
 from dsv3_jax.train.finite import NonFiniteError
 from dsv3_jax.train.interrupt import StopSignal, signal_name
@@ -67,9 +67,9 @@ def _save_config(exp: ExperimentConfig, workdir: str):
     os.replace(tmp, os.path.join(workdir, "config.json"))
 
 
-def _datasets(exp: ExperimentConfig, cfg, log):
+def _datasets(exp: ExperimentConfig, cfg, log, tok=None):
     train_iter, val_batches = make_datasets(exp.data, exp.train, cfg.max_seq_len, jax.process_index(),
-                                            jax.process_count())
+                                            jax.process_count(), tokenizer=tok)
     if exp.train.eval_batches and val_batches.num_batches == 0:
         raise ValueError(f"the validation split is empty ({train_iter.info.val_docs} documents, "
                          f"{train_iter.info.val_tokens} tokens) but train.eval_batches={exp.train.eval_batches}; "
@@ -97,8 +97,10 @@ def _resume(exp, ckpt, state, train_iter, saved, log):
     return state, step
 
 
-def _make_steps(exp, cfg, mesh):
+def _make_steps(exp, cfg, mesh, tok=None):
     t = exp.train
+    # The run tokenizer's padding and, for a checkpoint's tokenizer, the text bytes of each id (bits per byte).
+    tokens = {} if tok is None or isinstance(tok, ByteTokenizer) else dict(pad_id=tok.pad_id)
     optimizer = optim.make_optimizer(t)
     state_sh, batch_sh = train_layout.state_shardings(cfg, optimizer, mesh, t.seq_len), sharding.batch_sharding(mesh)
     state = jax.jit(lambda: init_state(cfg, optimizer, t.seed, t.seq_len), out_shardings=state_sh)()
@@ -107,8 +109,9 @@ def _make_steps(exp, cfg, mesh):
             cfg, optimizer, t, mesh, t.pipeline_schedule, t.pipeline_chunks, state_sh, batch_sh,
             residuals=t.pipeline_residuals)
     else:
-        train_step = step_lib.make_train_step(cfg, optimizer, t, state_sh, batch_sh)
-    return state, train_step, step_lib.make_eval_step(cfg, state_sh, batch_sh)
+        train_step = step_lib.make_train_step(cfg, optimizer, t, state_sh, batch_sh, **tokens)
+    token_bytes = dict(token_bytes=tok.token_bytes()) if tokens else {}
+    return state, train_step, step_lib.make_eval_step(cfg, state_sh, batch_sh, **tokens, **token_bytes)
 
 
 def _nonfinite_message(step, metrics, moved, ckpt) -> str:
@@ -194,10 +197,10 @@ def train(cd, workdir: str, log=print) -> dict:
     """Train the model of experiment config `cd` (a ConfigDict or ExperimentConfig) in `workdir`, resuming from
     its newest usable checkpoint. Returns the final eval metrics, "step", and "interrupted" (the signal's name)
     when SIGTERM/SIGINT stopped it."""
-    exp = ExperimentConfig.from_dict(cd)  # every field validated before anything is printed or written
+    exp = init_from.resolve_experiment(cd)  # every field validated before anything is printed or written
     t, primary = exp.train, jax.process_index() == 0
     log = log if primary else (lambda *a: None)
-    tokenizer.check_vocab_size(exp.model.vocab_size)
+    tok = init_from.run_tokenizer(exp)  # bytes, or train.init_from's tokenizer; checked against the vocab
     for line in t.warnings():
         log(line)
     saved = resume.saved_config(workdir)
@@ -205,12 +208,15 @@ def train(cd, workdir: str, log=print) -> dict:
         for note in resume.check_config(saved, exp, workdir):
             log(note)
     mesh, cfg = layout.setup_mesh(exp.mesh, exp.model, t.batch_size)
-    train_iter, val_batches = _datasets(exp, cfg, log)
-    state, train_step, eval_step = _make_steps(exp, cfg, mesh)
+    train_iter, val_batches = _datasets(exp, cfg, log, tok)
+    state, train_step, eval_step = _make_steps(exp, cfg, mesh, tok)
     ckpt = checkpoint.Checkpointer(workdir)
     try:
         state, start = _resume(exp, ckpt, state, train_iter, saved, log)
+        if start == 0 and t.init_from:  # a fresh run: the checkpoint's weights, a new optimizer state
+            state = init_from.load_weights(state, cfg, t.init_from, log)
         if primary:
+            init_from.save_tokenizer(exp, workdir)
             _save_config(exp, workdir)
         writer = MetricsWriter(workdir, start) if primary else _Silent()
         if primary and writer.dropped:
@@ -236,5 +242,6 @@ def train(cd, workdir: str, log=print) -> dict:
         log(f"interrupted at step {int(state.step)} ({signal_name(signum)}), {saved_in}; rerun the same command "
             "to resume")
     elif t.sample_tokens and jax.process_count() == 1:
-        summary["sample"] = sample.greedy_sample(cfg, state.variables(), t.sample_prompt, t.sample_tokens, t.seq_len)
+        summary["sample"] = sample.greedy_sample(cfg, state.variables(), t.sample_prompt, t.sample_tokens, t.seq_len,
+                                                 tokenizer=tok)
     return summary
