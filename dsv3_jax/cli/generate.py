@@ -6,6 +6,8 @@ newest usable checkpoint (or --step=N) are read, never the optimizer state; an u
 incomplete or non-finite) is reported on one line and the previous one is used. Every argument is checked
 before anything is printed; orbax's INFO logs are shown only with -v 0 (or --verbosity=0).
 Byte tokenizer: the prompt is BOS + its UTF-8 bytes; generation stops at EOS (or --stop_tokens).
+`--hf=DIR [--chat]` generates from a Hugging Face checkpoint (or params directory) with its own tokenizer, and a
+workdir fine-tuned from one uses the tokenizer it keeps in workdir/tokenizer/ (cli/hf_generate.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ _STOP = flags.DEFINE_list("stop_tokens", ["257"], "Token ids that end a sequence
 _SPECULATIVE = flags.DEFINE_bool("speculative", False, "MTP speculative decoding (needs model.mtp_depth >= 1).")
 _CACHE = flags.DEFINE_enum("cache", "absorb", ["absorb", "naive"], "KV cache layout: MLA latent or full K/V.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the newest usable one).")
+# Checkpoints with their own tokenizer (cli/hf_generate.py).
+_HF = flags.DEFINE_string("hf", None, "A Hugging Face DeepSeek checkpoint directory (or a params directory from "
+                          "dsv3-convert) with its tokenizer files; instead of --workdir.")
+_CHAT = flags.DEFINE_bool("chat", False, "Wrap each prompt in the checkpoint's chat template (a user turn).")
+_KEEP_FP8 = flags.DEFINE_bool("keep_fp8", False, "--hf: keep FP8 weights FP8 (weight-only blockwise FP8 matmul).")
+_HF_DTYPE = flags.DEFINE_enum("hf_dtype", "float32", ["float32", "bfloat16", "float16"], "--hf: parameter dtype.")
 
 
 class ByteStream:
@@ -63,7 +71,7 @@ def _check_request(cfg, ids, max_new_tokens, stop_tokens, speculative):
 
 
 def run(workdir, prompts, *, config=None, max_new_tokens=200, sampling=None, seed=0, stop_tokens=(257,),
-        speculative=False, absorb=True, out=None, err=None, step=None):
+        speculative=False, absorb=True, out=None, err=None, step=None, chat=False):
     """The CLI's work, callable from Python: returns the GenerateResult (and prints the text)."""
     out, err = out or sys.stdout, err or sys.stderr
     if max_new_tokens < 1:
@@ -77,6 +85,15 @@ def run(workdir, prompts, *, config=None, max_new_tokens=200, sampling=None, see
     from dsv3_jax.infer.speculative import speculative_generate
 
     cfg, variables, step = load_workdir(workdir, config, step)
+    from dsv3_jax.data.hf_tokenizer import tokenizer_dir
+    if tokenizer_dir(workdir) or chat:  # fine-tuned from a checkpoint (train.init_from): its tokenizer, its EOS
+        from dsv3_jax.cli import hf_generate
+        from dsv3_jax.data.hf_tokenizer import saved_tokenizer
+        return hf_generate.run_text(cfg, variables, saved_tokenizer(workdir), prompts, chat=chat,
+                                    max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
+                                    stop_tokens=stop_tokens, speculative=speculative, absorb=absorb, out=out,
+                                    err=err, label=f"step {step}")
+    stop_tokens = (tokenizer.EOS_ID,) if stop_tokens is None else stop_tokens
     tokenizer.check_vocab_size(cfg.vocab_size)
     ids = [list(tokenizer.encode(p, bos=True)) for p in prompts]
     _check_request(cfg, ids, max_new_tokens, stop_tokens, speculative)
@@ -121,17 +138,23 @@ def _run(argv):
             raise ValueError(f"--stop_tokens: expected comma-separated token ids, got {','.join(_STOP.value)!r}")
         if _STEP.value is not None and _STEP.value < 0:
             raise ValueError(f"--step: must be a checkpoint step >= 0, got {_STEP.value}")
-        stop = [int(s) for s in _STOP.value]
+        stop = [int(s) for s in _STOP.value] if _STOP.present else None  # None: the tokenizer's EOS
+        if _HF.value:  # a checkpoint with its own tokenizer (cli/hf_generate.py)
+            from dsv3_jax.cli import hf_generate
+            hf_generate.run_hf(_HF.value, _PROMPT.value, keep_fp8=_KEEP_FP8.value, dtype=_HF_DTYPE.value,
+                               chat=_CHAT.value, max_new_tokens=_MAX_NEW.value, sampling=sampling, seed=_SEED.value,
+                               stop_tokens=stop, speculative=_SPECULATIVE.value, absorb=_CACHE.value == "absorb")
+            return
         run(_WORKDIR.value, _PROMPT.value, config=_CONFIG.value, max_new_tokens=_MAX_NEW.value, sampling=sampling,
             seed=_SEED.value, stop_tokens=stop, speculative=_SPECULATIVE.value, absorb=_CACHE.value == "absorb",
-            step=_STEP.value)
+            step=_STEP.value, chat=_CHAT.value)
     except ValueError as e:
         print(f"dsv3-generate: error: {e}", file=sys.stderr)
         sys.exit(1)
 
 
 def main():
-    flags.mark_flags_as_required(["workdir"])
+    flags.mark_flags_as_mutual_exclusive(["workdir", "hf"], required=True)
     app.run(_run)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from dsv3_jax import param_tree as pt
 from dsv3_jax.config import ModelConfig
+from dsv3_jax.data.hf_tokenizer import copy_tokenizer_files
 from dsv3_jax.interop import fp8_blocks, hf_names, safetensors_io as st, streaming
 from dsv3_jax.interop.fp8_blocks import FP8Weight
 from dsv3_jax.interop.hf_checkpoint import (HFCheckpoint, Leaf, as_numpy_dtype, open_checkpoint,  # noqa: F401
@@ -81,11 +82,12 @@ def load_hf_checkpoint(path: str, *, keep_fp8: bool = False, dtype=np.float32,
 
 
 def save_hf_checkpoint(cfg: ModelConfig, variables, path: str, *, shard_size="5GB", dtype=None,
-                       overwrite: bool = False) -> str:
+                       overwrite: bool = False, tokenizer_from: str | None = None) -> str:
     """Write `variables` ({'params', 'router'}, numpy or jax leaves, boxed or not; FP8Weight leaves are written
-    as FP8 + weight_scale_inv) as a Hugging Face checkpoint directory. dtype: output dtype of the non-FP8
-    parameters (default: as stored). Written into a temporary sibling directory and renamed at the end: a failure
-    leaves nothing behind. Returns the absolute path."""
+    as FP8 + weight_scale_inv) as a Hugging Face checkpoint directory, with the tokenizer files of checkpoint
+    directory `tokenizer_from` when it has them. dtype: output dtype of the non-FP8 parameters (default: as
+    stored). Written into a temporary sibling directory and renamed at the end: a failure leaves nothing
+    behind. Returns the absolute path."""
     dtype = None if dtype is None else as_numpy_dtype(dtype)
     flat = _flatten_variables(variables)
     _check_tree(flat, hf_names.variable_shapes(cfg))
@@ -99,6 +101,8 @@ def save_hf_checkpoint(cfg: ModelConfig, variables, path: str, *, shard_size="5G
     shards = st.plan_shards(sizes, st.parse_size(shard_size))
     files = st.shard_file_names(len(shards))
     with st.atomic_directory(path, overwrite) as tmp:
+        if tokenizer_from:
+            copy_tokenizer_files(tokenizer_from, tmp)
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(hf_cfg, f, indent=2, sort_keys=True)
         for file, idx in zip(files, shards):
