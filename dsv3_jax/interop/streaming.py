@@ -9,11 +9,11 @@ A variable (a `Leaf`) is filled by many HF tensors: a scanned stack holds one pe
 of the variable, `_pieces` finds the tensors that intersect it and reads exactly the rectangle of each that
 falls in the region (safetensors_io.Reader.read_region: one ranged read per contiguous run of bytes), in chunks
 of at most CHUNK_BYTES rows, then dequantizes FP8 chunks with the 128x128 block scales covering them and
-casts. A shard larger than HOST_ASSEMBLY_BYTES is assembled ON ITS DEVICE (a zeroed buffer, each chunk placed
-by a donated dynamic_update_slice), so the host never holds more than one chunk of it; smaller ones are
-assembled on the host and placed once. Identical regions (replicated axes) are read once per process and
+casts. A shard larger than HOST_ASSEMBLY_BYTES is assembled ON ITS DEVICE (a zeroed buffer; each chunk goes
+over as read and is transposed, cast and placed there by one donated dynamic_update_slice), so the host never
+holds more than one chunk of it; smaller ones are assembled on the host and placed once. Identical regions (replicated axes) are read once per process and
 copied device to device. So a process reads each byte its devices need once, and nothing else, and its peak
-host memory is its arrays plus about two chunks (benchmarks/load_memory.py measures it).
+host memory is its arrays plus a few chunks (benchmarks/load_memory.py measures it).
 
 A `View` says how a leaf is read: "float" (FP8 dequantized, then cast to the load dtype), or, for FP8 kernels
 kept FP8 (keep_fp8), "value" (the e4m3 values) and "scale" (weight_scale_inv, float32), both transposed
@@ -36,7 +36,7 @@ from dsv3_jax.interop.hf_checkpoint import FP8_CODE, HFCheckpoint, Leaf, scale_n
 from dsv3_jax.interop.hf_names import Slot
 
 Region = tuple[tuple[int, int], ...]
-CHUNK_BYTES = 64 << 20  # rows of one tensor read (and placed) at once
+CHUNK_BYTES = 16 << 20  # rows of one tensor read (and placed) at once
 HOST_ASSEMBLY_BYTES = 16 << 20  # shards up to this size are assembled on the host, larger ones on the device
 
 
@@ -111,8 +111,9 @@ def _check_copies(reader, ckpt: HFCheckpoint, view: View, arr: np.ndarray, regio
 
 
 def _pieces(reader, ckpt: HFCheckpoint, view: View, region: Region,
-            chunk_bytes: int) -> Iterator[tuple[list[int], np.ndarray]]:
-    """(start in `region`, chunk in OUR layout with the slot's indexed axes as size-1 axes) covering `region`."""
+            chunk_bytes: int) -> Iterator[tuple[list[int], np.ndarray, bool, tuple[int, ...]]]:
+    """(start in `region`, chunk as read (HF layout), transpose?, its shape in OUR layout with the slot's indexed
+    axes as size-1 axes) covering `region`. The consumer transposes and casts (on the device, for shards)."""
     for slot in view.leaf.slots:
         n = len(slot.index)
         if not all(region[a][0] <= slot.index[a] < region[a][1] for a in range(n)):
@@ -129,8 +130,7 @@ def _pieces(reader, ckpt: HFCheckpoint, view: View, region: Region,
                 _check_copies(reader, ckpt, view, arr, sub)
             start = [slot.index[a] - region[a][0] for a in range(n)] + [0] * len(inner)
             start[-1 if slot.transpose else n] += r0 - lo
-            ours = arr.T if slot.transpose else arr
-            yield start, ours.reshape((1,) * n + ours.shape)
+            yield start, arr, slot.transpose, (1,) * n + (arr.shape[::-1] if slot.transpose else arr.shape)
 
 
 def read_host(reader, ckpt: HFCheckpoint, view: View, region: Region | None = None,
@@ -138,24 +138,28 @@ def read_host(reader, ckpt: HFCheckpoint, view: View, region: Region | None = No
     """`region` (default: all) of the variable as a host numpy array of view.dtype."""
     region = full_region(view.shape) if region is None else region
     out = np.empty([b - a for a, b in region], view.dtype)
-    for start, piece in _pieces(reader, ckpt, view, region, chunk_bytes):
-        out[tuple(slice(s, s + k) for s, k in zip(start, piece.shape))] = piece  # numpy casts to view.dtype
+    for start, arr, transpose, shape in _pieces(reader, ckpt, view, region, chunk_bytes):
+        piece = (arr.T if transpose else arr).reshape(shape)  # a view: the assignment copies and casts once
+        out[tuple(slice(s, s + k) for s, k in zip(start, shape))] = piece
     return out
 
 
-def _update(buf, piece, starts):
+def _update(buf, piece, starts, transpose: bool, shape: tuple[int, ...]):
+    piece = (piece.T if transpose else piece).reshape(shape).astype(buf.dtype)
     return jax.lax.dynamic_update_slice(buf, piece, tuple(starts))
 
 
-_place = jax.jit(_update, donate_argnums=0)  # in place: the buffer is donated to its own update
+# In place (the buffer is donated to its own update); the chunk arrives as read and is transposed and cast here.
+_place = jax.jit(_update, donate_argnums=0, static_argnums=(3, 4))
 
 
 def _on_device(reader, ckpt, view: View, region: Region, device, chunk_bytes: int):
     """The region assembled in a buffer on `device`, chunk by chunk (the host holds one chunk at a time)."""
     buf = jnp.zeros(tuple(b - a for a, b in region), view.dtype, device=device)
-    for start, piece in _pieces(reader, ckpt, view, region, chunk_bytes):
-        piece = jax.device_put(np.ascontiguousarray(piece, view.dtype), device)
-        buf = _place(buf, piece, jax.device_put(np.asarray(start, np.int32), device))
+    for start, arr, transpose, shape in _pieces(reader, ckpt, view, region, chunk_bytes):
+        buf = _place(buf, jax.device_put(arr, device), jax.device_put(np.asarray(start, np.int32), device),
+                     transpose, shape)
+        buf.block_until_ready()  # dispatch is asynchronous: without this, chunks read ahead pile up in memory
     return buf
 
 
