@@ -12,6 +12,7 @@ import dataclasses
 from typing import Sequence
 
 import flax
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -49,6 +50,15 @@ def take(e: Emitted, new, n_new, stop) -> Emitted:
         stopped = stopped | (valid & jnp.any(tok[:, None] == stop[None, :], axis=-1))
         done = stopped | (count >= max_new)
     return Emitted(tokens=tokens, count=count, stopped=stopped, done=done)
+
+
+def until_done(body, state, steps: int):
+    """lax.while_loop of state = body(state), at most `steps` times and only while some sequence of
+    state.out (an Emitted) is not done: the shared skeleton of the on-device generation loops."""
+    def cond(carry):
+        i, s = carry
+        return (i < steps) & ~jnp.all(s.out.done)
+    return jax.lax.while_loop(cond, lambda c: (c[0] + 1, body(c[1])), (jnp.zeros((), jnp.int32), state))[1]
 
 
 @dataclasses.dataclass

@@ -64,12 +64,7 @@ class LoopState:
 @functools.partial(jax.jit, static_argnums=(0, 3, 4), donate_argnames="state")
 def run_steps(cfg, variables, state: LoopState, steps: int, sp: SamplingParams, stop):
     """Up to `steps` (sample, record, decode) iterations, ending early when every sequence is done."""
-    def cond(carry):
-        i, s = carry
-        return (i < steps) & ~jnp.all(s.out.done)
-
-    def body(carry):
-        i, s = carry
+    def body(s):
         rng, key = jax.random.split(s.rng)
         tok = sample(key, s.logits, sp)
         out = emit.take(s.out, tok[:, None], jnp.ones_like(tok), stop)
@@ -78,9 +73,9 @@ def run_steps(cfg, variables, state: LoopState, steps: int, sp: SamplingParams, 
             cache, logits, _ = extend(cfg, variables, cache, tok[:, None])
             return cache.replace(lengths=cache.lengths + 1), logits[:, 0]
         cache, logits = jax.lax.cond(jnp.all(out.done), lambda c: (c, s.logits), decode, s.cache)  # no last step
-        return i + 1, LoopState(cache=cache, logits=logits, out=out, rng=rng)
+        return LoopState(cache=cache, logits=logits, out=out, rng=rng)
 
-    return jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))[1]
+    return emit.until_done(body, state, steps)
 
 
 def generate(cfg, variables, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,

@@ -137,22 +137,17 @@ def run_rounds(cfg, variables, loop: SpecLoop, rounds: int, sp: SamplingParams, 
     """Up to `rounds` verify/accept/draft rounds on the device, ending early when every sequence is done."""
     d = cfg.mtp_depth
 
-    def cond(carry):
-        i, lp = carry
-        return (i < rounds) & ~jnp.all(lp.out.done)
-
-    def body(carry):
-        i, lp = carry
+    def body(lp):
         rng, key = jax.random.split(lp.rng)
         active = ~lp.out.done
         spec, emitted, a = spec_round(cfg, variables, lp.spec, sp, key)
         out = emit.take(lp.out, emitted, a + 1, stop)
         n = active.astype(jnp.int32)
         accepted = lp.accepted + jnp.sum((a[:, None] > jnp.arange(d)[None, :]) * n[:, None], axis=0)
-        return i + 1, SpecLoop(spec=spec, out=out, rng=rng, rounds=lp.rounds + jnp.sum(n),
-                               emitted=lp.emitted + jnp.sum((a + 1) * n), accepted=accepted)
+        return SpecLoop(spec=spec, out=out, rng=rng, rounds=lp.rounds + jnp.sum(n),
+                        emitted=lp.emitted + jnp.sum((a + 1) * n), accepted=accepted)
 
-    return jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), loop))[1]
+    return emit.until_done(body, loop, rounds)
 
 
 def speculative_generate(cfg, variables, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,

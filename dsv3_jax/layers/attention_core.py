@@ -1,6 +1,8 @@
 """The attention core shared by MLA and the baseline attentions: masks and fp32 softmax attention.
 
-The core stays in high precision (V3 report §3.3): scores and softmax in fp32.
+The core stays in high precision (V3 report §3.3): scores and softmax in fp32. Full-sequence (training) attention
+is causal, so `causal_attention` skips the key blocks above the diagonal: query block i only scores keys
+[0, end of block i), which with 4 blocks does 10/16 of the work of the full [T, T] scores.
 Legend: B batch, T query positions, S key positions, H heads, K qk head dim, V value head dim.
 """
 
@@ -38,3 +40,22 @@ def attend(scores: jnp.ndarray, v: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarra
     probs = jnp.where(mask[:, None, :, :], probs, 0.0)
     return jnp.einsum("bhts,bshv->bthv", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
                       ).astype(v.dtype)
+
+
+def causal_blocks(t: int) -> int:
+    """Query blocks for causal attention over t positions: 4 from 256 positions, 2 from 128, else 1."""
+    return 4 if t >= 256 and t % 4 == 0 else 2 if t >= 128 and t % 2 == 0 else 1
+
+
+def causal_attention(q, k, v, mask, scale: float, blocks: int | None = None):
+    """softmax_attention for a full sequence whose mask is causal in the token index (key s visible to query t
+    only if s <= t; segments may restrict it further): identical results, without the work above the diagonal.
+    q [B,T,H,K], k [B,T,H,K], v [B,T,H,V], mask [B,T,T] -> [B,T,H,V]."""
+    t = q.shape[1]
+    n = blocks or causal_blocks(t)
+    if n == 1 or k.shape[1] != t:
+        return softmax_attention(q, k, v, mask, scale)
+    c = t // n
+    outs = [softmax_attention(q[:, i * c:(i + 1) * c], k[:, :(i + 1) * c], v[:, :(i + 1) * c],
+                              mask[:, i * c:(i + 1) * c, :(i + 1) * c], scale) for i in range(n)]
+    return jnp.concatenate(outs, axis=1)

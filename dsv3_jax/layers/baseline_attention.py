@@ -32,7 +32,8 @@ def gqa_attention(x, p, positions, mask, n_heads: int, n_kv_heads: int, freqs, s
         k, v = kv["k"].astype(q.dtype), kv["v"].astype(q.dtype)
     rep = n_heads // n_kv_heads
     k, v = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
-    o = attention_core.softmax_attention(q, k, v, mask, scale)
+    attend = attention_core.softmax_attention if cache is not None else attention_core.causal_attention
+    o = attend(q, k, v, mask, scale)
     return mm(o.reshape(b, t, -1), p["wo"]), cache
 
 

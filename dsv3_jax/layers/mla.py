@@ -71,16 +71,18 @@ def expand_kv(c_kv, k_pe, wkv_b, n_heads: int, nope_dim: int, mm: MatMul):
     return jnp.concatenate([k_nope, k_pe.astype(k_nope.dtype)], axis=-1), v
 
 
-def attend_per_head(q_nope, q_pe, k, v, mask, scale: float):
-    """Softmax attention of q = [q_nope; q_pe] over per-head keys k [B,S,H,K] and values v -> o [B,T,H,V]."""
+def attend_per_head(q_nope, q_pe, k, v, mask, scale: float, causal: bool = False):
+    """Softmax attention of q = [q_nope; q_pe] over per-head keys k [B,S,H,K] and values v -> o [B,T,H,V].
+    causal: the mask is causal over a full sequence (training), so blocks above the diagonal are skipped."""
     q = jnp.concatenate([q_nope, q_pe.astype(q_nope.dtype)], axis=-1)
-    return attention_core.softmax_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, scale)
+    attend = attention_core.causal_attention if causal else attention_core.softmax_attention
+    return attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, scale)
 
 
-def attend_naive(q_nope, q_pe, c_kv, k_pe, wkv_b, mask, scale: float, mm: MatMul):
+def attend_naive(q_nope, q_pe, c_kv, k_pe, wkv_b, mask, scale: float, mm: MatMul, causal: bool = False):
     """Expand per-head keys/values from the latent and attend -> o [B,T,H,V]. Eq. 2, 4, 5, 10."""
     k, v = expand_kv(c_kv, k_pe, wkv_b, q_nope.shape[2], q_nope.shape[3], mm)
-    return attend_per_head(q_nope, q_pe, k, v, mask, scale)
+    return attend_per_head(q_nope, q_pe, k, v, mask, scale, causal)
 
 
 def attend_absorbed(q_nope, q_pe, c_kv, k_pe, wkv_b, mask, scale: float):
@@ -113,8 +115,8 @@ def mla(x, p: Params, positions, mask, cfg, cache: CacheSlot | None = None):
     h, n, scale = cfg.n_heads, cfg.qk_nope_head_dim, cfg.softmax_scale
     q_nope, q_pe = mla_queries(x, p, positions, freqs, h, n, cfg.norm_eps, mm)
     c_kv, k_pe = mla_latents(x, p, positions, freqs, cfg.kv_lora_rank, cfg.norm_eps, mm)
-    if cache is None:
-        o = attend_naive(q_nope, q_pe, c_kv, k_pe, p["wkv_b"], mask, scale, mm)
+    if cache is None:  # a full sequence: the mask is causal in the token index (model.training_positions)
+        o = attend_naive(q_nope, q_pe, c_kv, k_pe, p["wkv_b"], mask, scale, mm, causal=True)
     elif cache.latent:
         # Cache c_kv as wkv_b's FP8 GEMM would quantize it (per token: 1x128 tiles or a fixed per-tensor scale),
         # then regroup the product: exactly the per-head numbers (identity views without FP8).

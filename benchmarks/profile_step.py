@@ -1,0 +1,115 @@
+"""Where a training step spends its time, op by op: `python -m benchmarks.profile_step [--size default]`.
+
+Traces a few forward+backward steps of the side-by-side model (benchmarks/side_by_side.py sizes, float32) with
+`jax.profiler`, converts the trace with xprof (`pip install xprof`), maps every XLA op back to the model code
+through the op_name metadata of the optimized HLO, and prints the milliseconds per step of
+  * the top ops (kernel name, output shape, the model path they come from), and
+  * categories: forward / backward × routed experts, attention, MLP, shared experts, head, norms, the scan's
+    residual stacking (dynamic-(update-)slice), and buffer initialization.
+--single-thread pins XLA to one thread so the per-op times add up to the step's CPU time (the breakdown used
+to pick the CPU optimizations of layers/moe/dispatch.py, layers/attention_core.py and quant/recipe.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import shutil
+import tempfile
+
+CATEGORIES = ("routed_experts", "shared_experts", "/attn/", "/mlp/", "head", "log_softmax", "norm", "embed",
+              "dynamic_update_slice", "dynamic_slice", "/moe/")
+
+
+def trace_step(size: str, steps: int, out_dir: str):
+    """(trace directory, optimized HLO text) of `steps` traced forward+backward steps."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from benchmarks.side_by_side import SIZES
+    from dsv3_jax import losses
+    from dsv3_jax.config import ModelConfig
+    from dsv3_jax.model import DeepSeekV3
+    s = SIZES[size]
+    cfg = ModelConfig(vocab_size=s["vocab"], dim=s["dim"], inter_dim=s["inter"], moe_inter_dim=s["moe_inter"],
+                      n_layers=s["layers"], n_dense_layers=s["dense"], n_heads=s["heads"],
+                      n_routed_experts=s["experts"], n_activated_experts=s["topk"], n_expert_groups=s["groups"],
+                      n_limited_groups=s["topk_groups"], q_lora_rank=s["q_lora"], kv_lora_rank=s["kv_lora"],
+                      qk_nope_head_dim=s["nope"], qk_rope_head_dim=s["rope"], v_head_dim=s["v"], max_seq_len=512,
+                      original_seq_len=512, mtp_depth=0, dtype="float32")
+    model = DeepSeekV3(cfg)
+    tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (8, 257)).astype(np.int32)
+    x, y = jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:])
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    loss = lambda p: losses.cross_entropy(model.apply({**variables, "params": p}, x).logits, y)
+    step = jax.jit(jax.value_and_grad(loss))
+    for _ in range(2):
+        jax.block_until_ready(step(variables["params"]))
+    with jax.profiler.trace(out_dir):
+        for _ in range(steps):
+            jax.block_until_ready(step(variables["params"]))
+    return out_dir, step.lower(variables["params"]).compile().as_text()
+
+
+def op_times(trace_dir: str, steps: int) -> collections.Counter:
+    """{XLA op name: ms per step} from the trace (xprof's trace viewer conversion)."""
+    from xprof.convert import raw_to_tool_data
+    paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1:]
+    data, _ = raw_to_tool_data.xspace_to_tool_data(paths, "trace_viewer", {})
+    dur = collections.Counter()
+    for e in json.loads(data)["traceEvents"]:
+        name = e.get("name", "")
+        if e.get("ph") == "X" and "dur" in e and not name.startswith(("ThreadpoolListener", "ThunkExecutor", "$")):
+            dur[name] += e["dur"] / 1000 / steps
+    return dur
+
+
+def op_info(hlo: str, name: str) -> tuple[str, str]:
+    """(output shape, op_name metadata) of one op of the optimized HLO."""
+    m = re.search(r"%" + re.escape(name) + r" = (\S+) .*?op_name=\"([^\"]*)\"", hlo)
+    return (m.group(1), m.group(2)) if m else ("", "")
+
+
+def category(path: str) -> str:
+    direction = "backward" if "transpose(" in path else "forward"
+    for part in CATEGORIES:
+        if part in path:
+            return f"{direction} {part.strip('/')}"
+    return f"{direction} other" if path else "buffer init / unlabeled"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="default", choices=("default", "tiny"))
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--single-thread", action="store_true")
+    a = p.parse_args(argv)
+    if a.single_thread:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                                   "intra_op_parallelism_threads=1")
+    tmp = tempfile.mkdtemp()
+    try:
+        trace_dir, hlo = trace_step(a.size, a.steps, tmp)
+        times = op_times(trace_dir, a.steps)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"ops total: {sum(times.values()):.1f} ms per step\n\n| ms/step | op | shape | model path |\n|---|---|---|---|")
+    for name, t in times.most_common(a.top):
+        shape, path = op_info(hlo, name)
+        print(f"| {t:.1f} | {name} | {shape} | {path[-80:]} |")
+    cats = collections.Counter()
+    for name, t in times.items():
+        cats[category(op_info(hlo, name)[1])] += t
+    print("\n| ms/step | category |\n|---|---|")
+    for c, t in cats.most_common():
+        print(f"| {t:.1f} | {c} |")
+
+
+if __name__ == "__main__":
+    main()
