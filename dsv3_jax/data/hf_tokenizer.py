@@ -73,7 +73,11 @@ class HFTokenizer(Tokenizer):
     """tokenizer.json + tokenizer_config.json (+ generation_config.json) of directory `directory`."""
 
     def __init__(self, directory: str, config: dict, generation: dict):
-        import tokenizers
+        try:
+            import tokenizers
+        except ImportError:
+            raise ImportError(f"{directory}: reading its tokenizer.json needs the `tokenizers` library: "
+                              "pip install -e '.[hf]' (or pip install tokenizers)") from None
 
         self.directory, self.config = directory, config
         path = os.path.join(directory, TOKENIZER_JSON)
