@@ -134,3 +134,23 @@ def test_bad_tokenizer_files_name_the_file(tmp_path, deepseek):
     (d / "tokenizer.json").write_text("{}")
     with pytest.raises(ValueError, match=r"partial/tokenizer.json: not a `tokenizers` tokenizer file"):
         load_tokenizer(str(d))
+
+
+def test_hf_dataset_rows_tokenized_by_the_checkpoint_tokenizer(tmp_path, monkeypatch):
+    """data.source='hf' (a datasets table; faked here, no network) goes through the same tokenizer path."""
+    import sys
+
+    pytest.importorskip("tokenizers")
+    from tests.data.test_data_corpus import FakeRows, fake_datasets
+    from tests.interop.hf_fixtures import TEXT, train_bpe
+
+    tok = load_tokenizer(train_bpe(str(tmp_path / "tok"), [TEXT] * 4, 300))
+    rows = FakeRows([{"text": TEXT[i * 11:] * 2, "label": i} for i in range(8)])
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets(lambda name, config, split: rows))
+    data = DataConfig(source="hf", path="some/dataset", val_fraction=0.25)
+    train_iter, _ = make_datasets(data, TrainConfig(batch_size=2, seq_len=16), 64, tokenizer=tok)
+    docs = corpus.load_corpus(data).documents
+    train_docs, _ = corpus.split_documents(docs, 0.25)
+    want = np.concatenate([np.concatenate([[tok.bos_id], tok.encode(d.text.decode(), bos=False)]) for d in train_docs])
+    np.testing.assert_array_equal(token_stream(train_docs, tok), want)
+    assert train_iter.info.train_tokens == len(want) and next(train_iter)["inputs"].max() >= 259

@@ -92,6 +92,16 @@ def test_init_from_train_export_matches_transformers(hf_dir, tmp_path):
     result = generate_cli.run(workdir, ["The"], max_new_tokens=4, out=out, err=io.StringIO())
     assert out.getvalue() == "The" + tok.decode(result.sequences()[0]) + "\n"
 
+    # Resume as usual: 2 more steps from the workdir's checkpoint; the HF weights are not read again.
+    lines = []
+    cd.train.steps = 5
+    assert train(cd, workdir, log=lines.append)["step"] == 5
+    assert any(line.startswith("resumed from") and line.endswith("at step 3") for line in lines), lines
+    assert not any(line.startswith("init_from:") for line in lines), lines
+    steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))
+             if json.loads(line)["kind"] == "train"]
+    assert steps == [1, 2, 3, 4, 5]
+
 
 def test_init_from_config_rules(hf_dir, tmp_path):
     _, path = hf_dir
