@@ -26,6 +26,7 @@ from dsv3_jax.interop import jax_dirs  # noqa: E402
 from dsv3_jax.train import init_from, optim  # noqa: E402
 from dsv3_jax.train.loop import train  # noqa: E402
 from dsv3_jax.train.state import init_state  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
 from tests.interop import hf_fixtures as fx  # noqa: E402
 
 VOCAB = 320
@@ -134,3 +135,30 @@ def test_init_from_config_rules(hf_dir, tmp_path):
     os.remove(os.path.join(str(tmp_path / "params"), "tokenizer", "tokenizer.json"))
     with pytest.raises(ValueError, match=r"params/tokenizer.json is missing.*tokenized with the checkpoint's"):
         init_from.run_tokenizer(exp_p)
+
+
+def test_finetune_config_file_from_the_command_line(hf_dir, tmp_path):
+    """dsv3-train's flags on configs/finetune.py: init_from and runtime model fields parse, a model field that
+    contradicts the checkpoint is the error naming it (the CLI prints it as one `dsv3-train: error:` line)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    _, path = hf_dir
+    data = _data(tmp_path)
+
+    def parse(*overrides):
+        argv = ["dsv3-train", f"--config={os.path.join(REPO, 'configs', 'finetune.py')}",
+                f"--config.train.init_from={path}", f"--config.data.path={data}", "--config.train.seq_len=32", *overrides]
+        fv = flags.FlagValues()  # as cli/train.py defines --config (the overrides are read from argv)
+        config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
+        fv(argv)
+        return init_from.resolve_experiment(fv.config)
+
+    hf_cfg = dsv3_jax.from_pretrained(path, tokenizer=False)[0]
+    exp = parse("--config.model.moe_impl=dense", "--config.model.dtype=bfloat16", "--config.train.steps=7")
+    assert exp.model == hf_cfg.replace(moe_impl="dense", dtype="bfloat16") and exp.train.steps == 7
+    assert exp.data.source == "files" and exp.train.init_from == path
+    with pytest.raises(ValueError, match=r"model.n_heads=4 conflicts with the checkpoint's n_heads=2"):
+        parse("--config.model.n_heads=4")
+    with pytest.raises(ValueError, match=r"train.seq_len=512 must be between 1 and the model's max_seq_len=64"):
+        parse("--config.train.seq_len=512")  # configs/finetune.py's 512 does not fit this tiny checkpoint
