@@ -19,6 +19,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from dsv3_jax.cli import hf_generate  # no jax at import: flags are parsed first
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/ and config.json).")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, used when workdir/config.json is "
                                           "missing.", lock_config=True)
@@ -57,19 +59,6 @@ class ByteStream:
         self.out.flush()
 
 
-def _check_request(cfg, ids, max_new_tokens, stop_tokens, speculative):
-    """Every error generate() would raise for these arguments, before anything is printed."""
-    from dsv3_jax.infer.generate import cache_length, pad_prompts
-
-    bad = [t for t in stop_tokens if not 0 <= int(t) < cfg.vocab_size]
-    if bad:
-        raise ValueError(f"--stop_tokens: token ids must be in [0, vocab_size={cfg.vocab_size}), got {bad}")
-    if speculative and cfg.mtp_depth < 1:
-        raise ValueError("--speculative needs MTP modules (model.mtp_depth >= 1); this model has mtp_depth=0")
-    tokens, _ = pad_prompts(ids)
-    cache_length(cfg, tokens.shape[1], max_new_tokens + (cfg.mtp_depth + 1 if speculative else 0))
-
-
 def run(workdir, prompts, *, config=None, max_new_tokens=200, sampling=None, seed=0, stop_tokens=(257,),
         speculative=False, absorb=True, out=None, err=None, step=None, chat=False):
     """The CLI's work, callable from Python: returns the GenerateResult (and prints the text)."""
@@ -87,7 +76,6 @@ def run(workdir, prompts, *, config=None, max_new_tokens=200, sampling=None, see
     cfg, variables, step = load_workdir(workdir, config, step)
     from dsv3_jax.data.hf_tokenizer import tokenizer_dir
     if tokenizer_dir(workdir) or chat:  # fine-tuned from a checkpoint (train.init_from): its tokenizer, its EOS
-        from dsv3_jax.cli import hf_generate
         from dsv3_jax.data.hf_tokenizer import saved_tokenizer
         return hf_generate.run_text(cfg, variables, saved_tokenizer(workdir), prompts, chat=chat,
                                     max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
@@ -96,7 +84,7 @@ def run(workdir, prompts, *, config=None, max_new_tokens=200, sampling=None, see
     stop_tokens = (tokenizer.EOS_ID,) if stop_tokens is None else stop_tokens
     tokenizer.check_vocab_size(cfg.vocab_size)
     ids = [list(tokenizer.encode(p, bos=True)) for p in prompts]
-    _check_request(cfg, ids, max_new_tokens, stop_tokens, speculative)
+    hf_generate.check_request(cfg, ids, max_new_tokens, stop_tokens, speculative)
     stream = ByteStream(out) if len(prompts) == 1 else None
     if stream:
         stream.write(ids[0])
@@ -140,7 +128,6 @@ def _run(argv):
             raise ValueError(f"--step: must be a checkpoint step >= 0, got {_STEP.value}")
         stop = [int(s) for s in _STOP.value] if _STOP.present else None  # None: the tokenizer's EOS
         if _HF.value:  # a checkpoint with its own tokenizer (cli/hf_generate.py)
-            from dsv3_jax.cli import hf_generate
             hf_generate.run_hf(_HF.value, _PROMPT.value, keep_fp8=_KEEP_FP8.value, dtype=_HF_DTYPE.value,
                                chat=_CHAT.value, max_new_tokens=_MAX_NEW.value, sampling=sampling, seed=_SEED.value,
                                stop_tokens=stop, speculative=_SPECULATIVE.value, absorb=_CACHE.value == "absorb")
