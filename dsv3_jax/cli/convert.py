@@ -10,7 +10,9 @@ an orbax `variables/` checkpoint ({'params', 'router'}). SRC: a params directory
 line and the previous one is used). Outputs are written to a temporary sibling, renamed when complete, and
 honour the umask. Orbax's INFO logs are shown only with -v. The conversion code lives in dsv3_jax.interop;
 this file only parses flags (spelled with underscores like every tool; --from-hf etc. are read the same).
-Needs the `hf` extra (safetensors; no torch).
+Needs no extra (safetensors are read without torch). A checkpoint's tokenizer files travel with it: into
+PARAMS_DIR/tokenizer/, and from SRC (PARAMS_DIR/tokenizer/, or a workdir fine-tuned with train.init_from) into
+HF_DIR.
 """
 
 from __future__ import annotations
@@ -54,10 +56,11 @@ def run(args: argparse.Namespace) -> str:
     if args.from_hf:
         cfg, variables = hf.load_hf_checkpoint(args.from_hf, keep_fp8=args.keep_fp8,
                                                dtype=args.dtype or "float32", mtp=not args.no_mtp)
-        return jax_dirs.save_params_dir(cfg, variables, args.to, overwrite=args.overwrite)
+        return jax_dirs.save_params_dir(cfg, variables, args.to, overwrite=args.overwrite,
+                                        tokenizer_from=args.from_hf)  # tokenizer files go along (tokenizer/)
     cfg, variables = jax_dirs.load_jax_source(args.src, args.step)
     return hf.save_hf_checkpoint(cfg, variables, args.to_hf, shard_size=args.shard_size,
-                                 dtype=args.dtype, overwrite=args.overwrite)
+                                 dtype=args.dtype, overwrite=args.overwrite, tokenizer_from=args.src)
 
 
 def main(argv=None) -> int:

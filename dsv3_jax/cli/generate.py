@@ -7,6 +7,8 @@ incomplete or non-finite) is reported on one line and the previous one is used. 
 before anything is printed; INFO logs (the resolved config, orbax) are shown only with --verbose.
 `--config.model.FIELD=VALUE` decodes with another setting that keeps the parameters (e.g. moe_impl=dense).
 Byte tokenizer: the prompt is BOS + its UTF-8 bytes; generation stops at EOS (or --stop_tokens).
+`--hf=DIR [--chat]` generates from a Hugging Face checkpoint (or params directory) with its own tokenizer, and a
+workdir fine-tuned from one uses the tokenizer it keeps in workdir/tokenizer/ (cli/hf_generate.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 import time
 
 from dsv3_jax import config_args
+from dsv3_jax.cli import hf_generate  # no jax at import: flags are parsed first
 
 class ByteStream:
     """Writes byte-token ids to a text stream as they arrive (UTF-8 decoded incrementally, specials dropped)."""
@@ -34,23 +37,11 @@ class ByteStream:
         self.out.flush()
 
 
-def _check_request(cfg, ids, max_new_tokens, stop_tokens, speculative):
-    """Every error generate() would raise for these arguments, before anything is printed."""
-    from dsv3_jax.infer.generate import cache_length, pad_prompts
-
-    bad = [t for t in stop_tokens if not 0 <= int(t) < cfg.vocab_size]
-    if bad:
-        raise ValueError(f"--stop_tokens: token ids must be in [0, vocab_size={cfg.vocab_size}), got {bad}")
-    if speculative and cfg.mtp_depth < 1:
-        raise ValueError("--speculative needs MTP modules (model.mtp_depth >= 1); this model has mtp_depth=0")
-    tokens, _ = pad_prompts(ids)
-    cache_length(cfg, tokens.shape[1], max_new_tokens + (cfg.mtp_depth + 1 if speculative else 0))
-
-
-def run(workdir, prompts, *, config=None, max_new_tokens=200, sampling=None, seed=0, stop_tokens=(257,),
-        speculative=False, absorb=True, out=None, err=None, step=None, model=None):
+def run(workdir, prompts, *, config=None, max_new_tokens=200, sampling=None, seed=0, stop_tokens=None,
+        speculative=False, absorb=True, out=None, err=None, step=None, model=None, chat=False):
     """The CLI's work, callable from Python: returns the GenerateResult (and prints the text). `model`: a
-    ModelConfig to decode with instead of the trained one (same parameters, e.g. another moe_impl)."""
+    ModelConfig to decode with instead of the trained one (same parameters, e.g. another moe_impl). chat: wrap
+    each prompt in the checkpoint tokenizer's chat template (workdirs fine-tuned from a checkpoint)."""
     out, err = out or sys.stdout, err or sys.stderr
     if max_new_tokens < 1:
         raise ValueError(f"--max_new_tokens: must be >= 1, got {max_new_tokens}")
@@ -66,9 +57,17 @@ def run(workdir, prompts, *, config=None, max_new_tokens=200, sampling=None, see
     if model is not None:
         _check_same_shapes(model, variables)
         cfg = model
+    from dsv3_jax.data.hf_tokenizer import tokenizer_dir
+    if tokenizer_dir(workdir) or chat:  # fine-tuned from a checkpoint (train.init_from): its tokenizer, its EOS
+        from dsv3_jax.data.hf_tokenizer import saved_tokenizer
+        return hf_generate.run_text(cfg, variables, saved_tokenizer(workdir), prompts, chat=chat,
+                                    max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
+                                    stop_tokens=stop_tokens, speculative=speculative, absorb=absorb, out=out,
+                                    err=err, label=f"step {step}")
+    stop_tokens = (tokenizer.EOS_ID,) if stop_tokens is None else stop_tokens
     tokenizer.check_vocab_size(cfg.vocab_size)
     ids = [list(tokenizer.encode(p, bos=True)) for p in prompts]
-    _check_request(cfg, ids, max_new_tokens, stop_tokens, speculative)
+    hf_generate.check_request(cfg, ids, max_new_tokens, stop_tokens, speculative)
     stream = ByteStream(out) if len(prompts) == 1 else None
     if stream:
         stream.write(ids[0])
@@ -118,11 +117,20 @@ def make_parser():
     p.add_argument("--top_k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
     p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--stop_tokens", default="257", help="comma-separated token ids that end a sequence (EOS)")
+    p.add_argument("--stop_tokens", default=None,
+                   help="comma-separated token ids that end a sequence (default: the tokenizer's EOS)")
     p.add_argument("--speculative", action="store_true", help="MTP speculative decoding (model.mtp_depth >= 1)")
     p.add_argument("--cache", choices=("absorb", "naive"), default="absorb",
                    help="KV cache layout: MLA latent (absorb) or full per-head K/V (naive)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step to load (default: newest usable)")
+    # Checkpoints with their own tokenizer (cli/hf_generate.py).
+    p.add_argument("--hf", metavar="DIR", help="a Hugging Face DeepSeek checkpoint directory (or a params directory "
+                   "from dsv3-convert) with its tokenizer files; instead of --workdir")
+    p.add_argument("--chat", action="store_true", help="wrap each prompt in the checkpoint's chat template")
+    p.add_argument("--keep_fp8", action="store_true",
+                   help="--hf: keep FP8 weights FP8 (weight-only blockwise FP8 matmul)")
+    p.add_argument("--hf_dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="--hf: parameter dtype")
     return p
 
 
@@ -141,8 +149,25 @@ def _main(args, overrides) -> int:
     from dsv3_jax.infer.sampling import SamplingParams  # after flag parsing: jax starts here
     from dsv3_jax.train.restore import workdir_config
 
-    if not args.workdir:
-        raise ValueError("--workdir=DIR is required (a dsv3-train workdir)")
+    if bool(args.workdir) == bool(args.hf):
+        raise ValueError("exactly one of --workdir=DIR (a dsv3-train workdir) and --hf=DIR (a Hugging Face "
+                         "checkpoint) is required")
+    sampling = SamplingParams(args.temperature, args.top_k, args.top_p)
+    stops = None if args.stop_tokens is None else [s.strip() for s in args.stop_tokens.split(",")]
+    if stops is not None and not all(s.lstrip("-").isdigit() for s in stops):
+        raise ValueError(f"--stop_tokens: expected comma-separated token ids, got {args.stop_tokens!r}")
+    if args.step is not None and args.step < 0:
+        raise ValueError(f"--step: must be a checkpoint step >= 0, got {args.step}")
+    stop = None if stops is None else [int(s) for s in stops]  # None: the tokenizer's EOS
+    prompts = args.prompt or ["def "]
+    if args.hf:  # a checkpoint with its own tokenizer (cli/hf_generate.py)
+        if overrides or args.print_config or args.config:
+            raise ValueError("--hf: the model config comes from the checkpoint; --config, --config.x=y and "
+                             "--print_config apply to --workdir")
+        hf_generate.run_hf(args.hf, prompts, keep_fp8=args.keep_fp8, dtype=args.hf_dtype, chat=args.chat,
+                           max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed, stop_tokens=stop,
+                           speculative=args.speculative, absorb=args.cache == "absorb")
+        return 0
     fallback = config_args.load_config(args.config) if args.config else None
     exp = config_args.experiment(args, overrides, workdir_config(args.workdir, fallback))
     if args.print_config:
@@ -151,15 +176,9 @@ def _main(args, overrides) -> int:
     bad_blocks = sorted({o[len(config_args.OVERRIDE_PREFIX):].split(".")[0] for o in overrides} - {"model"})
     if bad_blocks:
         raise ValueError(f"--config.{bad_blocks[0]}.*: dsv3-generate uses only the model block of the config")
-    sampling = SamplingParams(args.temperature, args.top_k, args.top_p)
-    stops = [s.strip() for s in args.stop_tokens.split(",")]
-    if not all(s.lstrip("-").isdigit() for s in stops):
-        raise ValueError(f"--stop_tokens: expected comma-separated token ids, got {args.stop_tokens!r}")
-    if args.step is not None and args.step < 0:
-        raise ValueError(f"--step: must be a checkpoint step >= 0, got {args.step}")
-    run(args.workdir, args.prompt or ["def "], config=fallback, max_new_tokens=args.max_new_tokens,
-        sampling=sampling, seed=args.seed, stop_tokens=[int(s) for s in stops], speculative=args.speculative,
-        absorb=args.cache == "absorb", step=args.step, model=exp.model if overrides else None)
+    run(args.workdir, prompts, config=fallback, max_new_tokens=args.max_new_tokens, sampling=sampling,
+        seed=args.seed, stop_tokens=stop, speculative=args.speculative, absorb=args.cache == "absorb",
+        step=args.step, model=exp.model if overrides else None, chat=args.chat)
     return 0
 
 

@@ -40,6 +40,7 @@ import numpy as np
 from dsv3_jax.data import baseline, corpus, packing, sampler
 from dsv3_jax.data.config import BACKENDS, DataConfig
 from dsv3_jax.data.tokenizer import PAD_ID
+from dsv3_jax.data.tokenizers import ByteTokenizer, Tokenizer
 
 STATE_FORMAT = "dsv3_jax.data.TrainIterator/1"
 VAL_ORDER_SEED = 0
@@ -192,9 +193,11 @@ class ValBatches:
     """Callable giving a fresh, deterministic iterator over this host's validation batches."""
 
     def __init__(self, stream: np.ndarray, seq_len: int, batch_size: int,
-                 process_index: int = 0, process_count: int = 1, info: DataInfo | None = None):
+                 process_index: int = 0, process_count: int = 1, info: DataInfo | None = None,
+                 pad_id: int = PAD_ID):
         self._rows = host_rows(batch_size, process_index, process_count)
-        self._padded, n = packing.padded_windows(stream, seq_len)
+        self._pad_id = pad_id
+        self._padded, n = packing.padded_windows(stream, seq_len, pad_id)
         self._seq_len, self._batch_size = seq_len, batch_size
         self._order = sampler.epoch_permutation(n, VAL_ORDER_SEED, 0)
         self.tokens = stream
@@ -212,16 +215,47 @@ class ValBatches:
             ids = self._order[k * self._batch_size: (k + 1) * self._batch_size]
             windows = packing.gather_windows(self._padded, ids, self._seq_len)
             if len(ids) < self._batch_size:  # pad the last global batch with all-PAD rows
-                pad = np.full((self._batch_size - len(ids), self._seq_len + 1), PAD_ID, np.int32)
+                pad = np.full((self._batch_size - len(ids), self._seq_len + 1), self._pad_id, np.int32)
                 windows = np.concatenate([windows, pad])
             yield packing.split_inputs_targets(windows[self._rows])
 
 
+def token_stream(docs, tok: Tokenizer | None) -> np.ndarray:
+    """The BOS-prefixed concatenation of the documents' ids: packing.pack_documents for the byte tokenizer, a
+    checkpoint tokenizer's ids (uint32) otherwise. A document containing the pad id (which pads validation
+    batches and is masked out of every loss) is a ValueError naming it: it would be dropped silently."""
+    if tok is None or isinstance(tok, ByteTokenizer):
+        return packing.pack_documents([d.text for d in docs])
+    if tok.bos_id is None:
+        raise ValueError(f"{tok.name}: has no bos_token, which separates packed documents")
+    ids = tok.encode_documents([d.text.decode("utf-8") for d in docs])
+    for d, x in zip(docs, ids):
+        if tok.pad_id in x:
+            raise ValueError(f"document {d.name!r} contains token {tok.pad_id}, the pad token of {tok.name} "
+                             "(validation padding, masked out of the loss); remove it from the text")
+    lengths = np.asarray([len(x) + 1 for x in ids], np.int64)
+    stream = np.empty(int(lengths.sum()), np.uint32)
+    for start, x in zip(np.cumsum(lengths) - lengths, ids):
+        stream[start] = tok.bos_id
+        stream[start + 1:start + 1 + len(x)] = x
+    return stream
+
+
+def _val_baseline(val_docs, val_stream, tok) -> float:
+    """Byte-unigram entropy of the val text (from the stream's byte ids, or the raw text for other tokenizers)."""
+    if not val_docs:
+        return math.nan
+    if tok is None or isinstance(tok, ByteTokenizer):
+        return baseline.unigram_bits_per_byte(val_stream)
+    return baseline.unigram_bits_per_byte(np.frombuffer(b"".join(d.text for d in val_docs), np.uint8))
+
+
 def make_datasets(data_cfg: DataConfig | Mapping[str, Any], train_cfg: Any, max_seq_len: int,
-                  process_index: int = 0, process_count: int = 1
+                  process_index: int = 0, process_count: int = 1, tokenizer: Tokenizer | None = None
                   ) -> tuple[TrainIterator, Callable[..., Iterator[dict]]]:
     """(train_iter, val_batches_fn) for the training loop, from the `data` block (a DataConfig, or a mapping
-    validated into one) and the train block's seq_len, batch_size and seed (experiment_config.TrainConfig).
+    validated into one) and the train block's seq_len, batch_size and seed (experiment_config.TrainConfig),
+    tokenized by the run's `tokenizer` (default: the byte tokenizer; data/tokenizers.py).
 
     `val_batches_fn(max_batches=None)` returns a fresh iterator; `train_iter.info` and `val_batches_fn.info`
     hold the DataInfo (corpus summary, sizes, val byte-unigram baseline).
@@ -232,14 +266,14 @@ def make_datasets(data_cfg: DataConfig | Mapping[str, Any], train_cfg: Any, max_
     host_rows(batch_size, process_index, process_count)
     full = corpus.load_corpus(data_cfg)
     train_docs, val_docs = corpus.split_documents(full.documents, data_cfg.val_fraction)
-    train_stream = packing.pack_documents([d.text for d in train_docs])
-    val_stream = packing.pack_documents([d.text for d in val_docs])
+    train_stream, val_stream = token_stream(train_docs, tokenizer), token_stream(val_docs, tokenizer)
     n = packing.num_windows(len(train_stream), seq_len)
     info = DataInfo(
         corpus_summary=full.summary(), train_docs=len(train_docs), val_docs=len(val_docs),
         train_tokens=len(train_stream), val_tokens=len(val_stream), train_windows=n,
         train_tokens_left_out=max(0, len(train_stream) - 1 - n * seq_len),
-        val_unigram_bits_per_byte=baseline.unigram_bits_per_byte(val_stream) if val_docs else math.nan)
+        val_unigram_bits_per_byte=_val_baseline(val_docs, val_stream, tokenizer))
     train_iter = TrainIterator(train_stream, seq_len, batch_size, seed, process_index, process_count, info,
                                data_cfg.backend)
-    return train_iter, ValBatches(val_stream, seq_len, batch_size, process_index, process_count, info)
+    pad_id = PAD_ID if tokenizer is None else tokenizer.pad_id
+    return train_iter, ValBatches(val_stream, seq_len, batch_size, process_index, process_count, info, pad_id)

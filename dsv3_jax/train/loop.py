@@ -26,11 +26,11 @@ import jax
 import jax.numpy as jnp
 
 from dsv3_jax import sharding
-from dsv3_jax.data import tokenizer
 from dsv3_jax.data.pipeline import make_datasets
+from dsv3_jax.data.tokenizers import ByteTokenizer
 from dsv3_jax.experiment_config import ExperimentConfig
 from dsv3_jax.parallel import layout
-from dsv3_jax.train import checkpoint, optim, pipeline_step, resume, restore, sample, step as step_lib
+from dsv3_jax.train import checkpoint, init_from, optim, pipeline_step, resume, restore, sample, step as step_lib
 from dsv3_jax.train import layout as train_layout
 from dsv3_jax.train.finite import NonFiniteError
 from dsv3_jax.train.interrupt import StopSignal, signal_name
@@ -76,9 +76,9 @@ def _save_config(exp: ExperimentConfig, workdir: str):
     os.replace(tmp, os.path.join(workdir, "config.json"))
 
 
-def _datasets(exp: ExperimentConfig, cfg, log):
+def _datasets(exp: ExperimentConfig, cfg, log, tok=None):
     train_iter, val_batches = make_datasets(exp.data, exp.train, cfg.max_seq_len, jax.process_index(),
-                                            jax.process_count())
+                                            jax.process_count(), tokenizer=tok)
     if exp.train.eval_batches and val_batches.num_batches == 0:
         raise ValueError(f"the validation split is empty ({train_iter.info.val_docs} documents, "
                          f"{train_iter.info.val_tokens} tokens) but train.eval_batches={exp.train.eval_batches}; "
@@ -106,8 +106,10 @@ def _resume(exp, ckpt, state, train_iter, saved, log):
     return state, step
 
 
-def _make_steps(exp, cfg, mesh):
+def _make_steps(exp, cfg, mesh, tok=None):
     t = exp.train
+    # The run tokenizer's padding and, for a checkpoint's tokenizer, the text bytes of each id (bits per byte).
+    tokens = {} if tok is None or isinstance(tok, ByteTokenizer) else dict(pad_id=tok.pad_id)
     optimizer = optim.make_optimizer(t)
     state_sh, batch_sh = train_layout.state_shardings(cfg, optimizer, mesh, t.seq_len), sharding.batch_sharding(mesh)
     state = jax.jit(lambda: init_state(cfg, optimizer, t.seed, t.seq_len), out_shardings=state_sh)()
@@ -116,8 +118,9 @@ def _make_steps(exp, cfg, mesh):
             cfg, optimizer, t, mesh, t.pipeline_schedule, t.pipeline_chunks, state_sh, batch_sh,
             residuals=t.pipeline_residuals)
     else:
-        train_step = step_lib.make_train_step(cfg, optimizer, t, state_sh, batch_sh)
-    return state, train_step, step_lib.make_eval_step(cfg, state_sh, batch_sh)
+        train_step = step_lib.make_train_step(cfg, optimizer, t, state_sh, batch_sh, **tokens)
+    token_bytes = dict(token_bytes=tok.token_bytes()) if tokens else {}
+    return state, train_step, step_lib.make_eval_step(cfg, state_sh, batch_sh, **tokens, **token_bytes)
 
 
 def _nonfinite_message(step, metrics, moved, ckpt) -> str:
@@ -241,7 +244,7 @@ def _console(exp, start, flops_per_token, peak_flops, log):
     return timer, Console(t.steps, start, timer, t.eval_every, t.eval_batches > 0, write=log), devices
 
 
-def _finish(run, exp, workdir, state, train_iter, cfg, timer, devices, times, log) -> dict:
+def _finish(run, exp, workdir, state, train_iter, cfg, timer, devices, times, log, tok) -> dict:
     """The summary dict (final eval, step, baseline, throughput), the sample, summary.json and the table."""
     t = exp.train
     summary = {**run.summary, "step": int(state.step),
@@ -253,7 +256,8 @@ def _finish(run, exp, workdir, state, train_iter, cfg, timer, devices, times, lo
             if value is not None:
                 summary[key] = value
     if t.sample_tokens and jax.process_count() == 1:
-        summary["sample"] = sample.greedy_sample(cfg, state.variables(), t.sample_prompt, t.sample_tokens, t.seq_len)
+        summary["sample"] = sample.greedy_sample(cfg, state.variables(), t.sample_prompt, t.sample_tokens, t.seq_len,
+                                                 tokenizer=tok)
     if jax.process_index() == 0:
         times["wall"] = time.perf_counter() - times.pop("_t0")
         write_summary(workdir, {**summary, "seconds": times["wall"]})
@@ -272,12 +276,12 @@ def train(cd, workdir: str, log=print, *, flops_per_token: float | None = None,
     stopped it. `flops_per_token`: model FLOPs per token (analysis/flops.py) for TFLOP/s; `peak_flops`: one
     device's peak FLOP/s (analysis/hardware.py) for MFU."""
     t0 = time.perf_counter()
-    exp = ExperimentConfig.from_dict(cd)  # every field validated before anything is printed or written
+    exp = init_from.resolve_experiment(cd)  # every field validated before anything is printed or written
     t, primary = exp.train, jax.process_index() == 0
     if log is print:
         log = functools.partial(print, flush=True)  # each line shows at once, also through a pipe
     log = log if primary else (lambda *a: None)
-    tokenizer.check_vocab_size(exp.model.vocab_size)
+    tok = init_from.run_tokenizer(exp)  # bytes, or train.init_from's tokenizer; checked against the vocab
     for line in t.warnings():
         log(line)
     saved = resume.saved_config(workdir)
@@ -285,12 +289,15 @@ def train(cd, workdir: str, log=print, *, flops_per_token: float | None = None,
         for note in resume.check_config(saved, exp, workdir):
             log(note)
     mesh, cfg = layout.setup_mesh(exp.mesh, exp.model, t.batch_size)
-    train_iter, val_batches = _datasets(exp, cfg, log)
-    state, train_step, eval_step = _make_steps(exp, cfg, mesh)
+    train_iter, val_batches = _datasets(exp, cfg, log, tok)
+    state, train_step, eval_step = _make_steps(exp, cfg, mesh, tok)
     ckpt = checkpoint.Checkpointer(workdir)
     try:
         state, start = _resume(exp, ckpt, state, train_iter, saved, log)
+        if start == 0 and t.init_from:  # a fresh run: the checkpoint's weights, a new optimizer state
+            state = init_from.load_weights(state, cfg, t.init_from, log)
         if primary:
+            init_from.save_tokenizer(exp, workdir)
             _save_config(exp, workdir)
         writer = MetricsWriter(workdir, start) if primary else _Silent()
         if primary and writer.dropped:
@@ -320,4 +327,4 @@ def train(cd, workdir: str, log=print, *, flops_per_token: float | None = None,
     times = {"_t0": t0, "compile": compile_seconds, count(timer.steps, "timed step"): timer.seconds,
              count(run.eval_time.count, "eval"): run.eval_time.total,
              count(run.save_time.count, "checkpoint"): run.save_time.total}
-    return _finish(run, exp, workdir, state, train_iter, cfg, timer, devices, times, log)
+    return _finish(run, exp, workdir, state, train_iter, cfg, timer, devices, times, log, tok)
