@@ -1,5 +1,5 @@
 """Every GPU measurement in one command: `python -m benchmarks.gpu_suite --out DIR` (about 8 minutes on one
-H100/H200), and `--dry-run` on a CPU (tiny shapes, seconds; the test suite runs it).
+H100/H200), and `--dry_run` on a CPU (tiny shapes, seconds; the test suite runs it).
 
 Steps, in this order; after each one DIR/results.json and DIR/results.md are rewritten, so a run cut short
 still reports everything finished so far (a failing step is recorded with its error and the rest go on):
@@ -109,7 +109,7 @@ def run(out_dir: str, dry_run: bool = False, only: tuple[str, ...] = STEPS) -> d
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="directory for results.json and results.md")
-    p.add_argument("--dry-run", action="store_true", help="tiny shapes on any backend (CPU: interpret mode)")
+    p.add_argument("--dry_run", "--dry-run", action="store_true", help="tiny shapes on any backend (CPU: interpret mode)")
     p.add_argument("--only", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     a = p.parse_args(argv)
     results = run(a.out, a.dry_run, tuple(s for s in a.only.split(",") if s))

@@ -6,7 +6,7 @@ through the op_name metadata of the optimized HLO, and prints the milliseconds p
   * the top ops (kernel name, output shape, the model path they come from), and
   * categories: forward / backward × routed experts, attention, MLP, shared experts, head, norms, the scan's
     residual stacking (dynamic-(update-)slice), and buffer initialization.
---single-thread pins XLA to one thread so the per-op times add up to the step's CPU time (the breakdown used
+--single_thread pins XLA to one thread so the per-op times add up to the step's CPU time (the breakdown used
 to pick the CPU optimizations of layers/moe/dispatch.py, layers/attention_core.py and quant/recipe.py).
 """
 
@@ -88,7 +88,7 @@ def main(argv=None):
     p.add_argument("--size", default="default", choices=("default", "tiny"))
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=25)
-    p.add_argument("--single-thread", action="store_true")
+    p.add_argument("--single_thread", "--single-thread", action="store_true")
     a = p.parse_args(argv)
     if a.single_thread:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "

@@ -2,7 +2,7 @@
 
 from dsv3_jax.config import ModelConfig
 from dsv3_jax.model import DeepSeekV3, ModelOutput
-from dsv3_jax.interop import load_hf_checkpoint, save_hf_checkpoint
+from dsv3_jax.interop import from_pretrained, load_hf_checkpoint, save_hf_checkpoint
 
-__all__ = ["ModelConfig", "DeepSeekV3", "ModelOutput", "load_hf_checkpoint", "save_hf_checkpoint"]
+__all__ = ["ModelConfig", "DeepSeekV3", "ModelOutput", "from_pretrained", "load_hf_checkpoint", "save_hf_checkpoint"]
 __version__ = "0.1.0"

@@ -92,7 +92,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; params are always float32
     init_std: float = 0.006  # V3 report §4.2
     # Expert backend (layers/moe/experts.py): "ragged" sort + grouped GEMM (jax.lax.ragged_dot; GPU, FP8);
-    # "blocked" sort + block-padded batched GEMM (fast on CPU); "dense" every expert on every token (the
+    # "blocked" sort + one GEMM chain per block of rows (fast on CPU); "dense" every expert on every token (the
     # reference); "ep" expert parallelism over the mesh's expert axis (layers/moe/ep.py); "auto" the fastest
     # exact one for the platform, resolved once at set-up. All exact, none drops tokens.
     moe_impl: str = "auto"
@@ -105,6 +105,10 @@ class ModelConfig:
     ep_combine: str = "compute"
     ep_nodes: int = 0  # nodes the expert axis spans (consecutive blocks of ranks); 0 = not set (one node)
     remat: str = "none"
+    # Layers per iteration of the scan over a block stack (layers/block.py run_stack); 0 = auto: the whole
+    # stack when it has at most SCAN_UNROLL_AUTO_LAYERS layers (small models, where copying each layer's
+    # residuals into the scan's stacked buffers costs more than the longer compile saves), else 1.
+    scan_unroll: int = 0
     # FP8 training (V3 report §3.3): every Linear of MLA, the dense MLP and the routed experts through quant/.
     fp8: str = "none"
     fp8_impl: str = "reference"  # GEMM for blockwise FP8: jnp reference or a Pallas kernel
@@ -190,6 +194,8 @@ def _validate(c: ModelConfig):
     _require(c.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {c.dtype!r}")
     _require(isinstance(c.ep_nodes, int) and c.ep_nodes >= 0, "ep_nodes",
              f"must be a non-negative int, got {c.ep_nodes!r}")
+    _require(isinstance(c.scan_unroll, int) and c.scan_unroll >= 0, "scan_unroll",
+             f"must be a non-negative int (0 = auto), got {c.scan_unroll!r}")
     _require(isinstance(c.fp8_amax_history, int) and c.fp8_amax_history >= 1, "fp8_amax_history",
              f"must be an int >= 1, got {c.fp8_amax_history!r}")
     _require(c.fp8_impl in FP8_IMPLS, "fp8_impl", f"must be one of {FP8_IMPLS}, got {c.fp8_impl!r}")

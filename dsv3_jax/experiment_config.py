@@ -21,6 +21,11 @@ from dsv3_jax.data.config import DataConfig
 from dsv3_jax.data.pipeline import check_seq_len
 
 BLOCKS = ("model", "train", "data", "mesh")
+# Model fields that choose how the model runs, not what it is: the only ones a run with train.init_from may set
+# (the checkpoint fixes the rest). mtp_depth may also be 0: fine-tune without the MTP modules.
+RUNTIME_MODEL_FIELDS = ("dtype", "moe_impl", "ep_dispatch", "ep_payload", "ep_combine", "ep_nodes", "remat", "fp8",
+                        "fp8_impl", "fp8_amax_history", "init_std")
+_PY_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 NONFINITE_MODES = ("stop", "skip")
 PIPELINE_RESIDUALS = ("recompute", "store")
 
@@ -62,16 +67,28 @@ class TrainConfig:
     max_nonfinite_skips: int = 10  # "skip": stop after this many non-finite steps in a row
     allow_config_change: str = ""  # comma-separated fields (e.g. "model.route_scale") a resume may change
     restore_step: int = -1  # resume from exactly this checkpoint (-1: the newest usable one)
+    # Observability (train/profiling.py): [a, b] writes a jax.profiler trace of steps a..b (inclusive, the
+    # step numbers of the log) to workdir/profile/; () = no trace.
+    profile_steps: tuple = ()
+    # Fine-tuning (train/init_from.py): a Hugging Face checkpoint or params directory whose weights start the run
+    # (fresh optimizer) and whose tokenizer tokenizes the data; the model block then comes from the checkpoint.
+    init_from: str = ""
 
     def __post_init__(self):
+        if isinstance(self.profile_steps, list):  # from JSON (config.json) or a list literal
+            object.__setattr__(self, "profile_steps", tuple(self.profile_steps))
         check("train", self, _train_rules())
 
     def warnings(self) -> list[str]:
         """Accepted but probably unintended settings, as lines the training loop logs."""
+        out = []
         if self.warmup_steps > self.steps:
-            return [f"warning: train.warmup_steps={self.warmup_steps} > train.steps={self.steps}: the learning "
-                    f"rate never reaches train.lr={self.lr}"]
-        return []
+            out.append(f"warning: train.warmup_steps={self.warmup_steps} > train.steps={self.steps}: the learning "
+                       f"rate never reaches train.lr={self.lr}")
+        if self.profile_steps and self.profile_steps[1] > self.steps:
+            out.append(f"warning: train.profile_steps={list(self.profile_steps)} ends after train.steps="
+                       f"{self.steps}: the trace stops at step {self.steps}")
+        return out
 
     @property
     def allowed_changes(self) -> tuple[str, ...]:
@@ -108,7 +125,15 @@ def _train_rules():
         "nonfinite": (lambda v: v in NONFINITE_MODES, f"must be one of {NONFINITE_MODES}"),
         "max_nonfinite_skips": positive,
         "restore_step": (lambda v: v >= -1, "must be -1 (the newest usable checkpoint) or a step >= 0"),
+        "profile_steps": (_profile_steps_ok, "must be [] (no trace) or [a, b]: two integer steps with 1 <= a <= b"),
     }
+
+
+def _profile_steps_ok(v) -> bool:
+    if not isinstance(v, tuple):
+        return False
+    ints = all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+    return v == () or (len(v) == 2 and ints and 1 <= v[0] <= v[1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,23 +190,59 @@ class ExperimentConfig:
         return ml_collections.ConfigDict(self.to_dict())
 
     @classmethod
-    def from_dict(cls, d: Any) -> "ExperimentConfig":
+    def from_dict(cls, d: Any, checkpoint_model: ModelConfig | None = None) -> "ExperimentConfig":
         """From a ConfigDict (e.g. --config=configs/tiny.py), a mapping or an ExperimentConfig (returned as is);
-        a missing train/data/mesh block takes the defaults, a missing model block is an error."""
-        return d if isinstance(d, cls) else cls(**typed_blocks(d))
+        a missing train/data/mesh block takes the defaults, a missing model block is an error. With
+        `checkpoint_model` (the ModelConfig of train.init_from's checkpoint; train/init_from.py reads it) the
+        model is that one, with only the runtime fields the model block sets (`model_from_checkpoint`)."""
+        return d if isinstance(d, cls) else cls(**typed_blocks(d, checkpoint_model))
 
 
-def typed_blocks(d: Any) -> dict[str, Any]:
+def typed_blocks(d: Any, checkpoint_model: ModelConfig | None = None) -> dict[str, Any]:
     """{"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "mesh": MeshConfig} of a config mapping,
     each block validated on its own (ExperimentConfig adds the cross-block checks)."""
     d = as_mapping(d)
     unknown = [k for k in d if k not in BLOCKS]
     if unknown:
         raise unknown_keys_error("config", unknown, BLOCKS)
-    if "model" not in d:
+    train = TrainConfig.from_dict(d.get("train"))
+    if checkpoint_model is not None:
+        model = model_from_checkpoint(d.get("model"), checkpoint_model, train.init_from)
+    elif "model" not in d:
         raise ValueError("config: no model block; expected the keys model, train, data, mesh")
-    return dict(model=_model_from_dict(d["model"]), train=TrainConfig.from_dict(d.get("train")),
-                data=DataConfig.from_dict(d.get("data")), mesh=MeshConfig.from_dict(d.get("mesh")))
+    elif train.init_from and any(v is None for v in as_mapping(d["model"]).values()):
+        raise ValueError(f"train.init_from={train.init_from!r}: the model block comes from the checkpoint; build "
+                         "the run config with dsv3_jax.train.init_from.resolve_experiment (train() does)")
+    else:
+        model = _model_from_dict(d["model"])
+    return dict(model=model, train=train, data=DataConfig.from_dict(d.get("data")),
+                mesh=MeshConfig.from_dict(d.get("mesh")))
+
+
+def model_from_checkpoint(block: Any, ckpt: ModelConfig, init_from: str) -> ModelConfig:
+    """The checkpoint's ModelConfig with the runtime fields (RUNTIME_MODEL_FIELDS) that `block` sets; a set
+    field that describes the model differently from the checkpoint is a ValueError naming it (unset fields,
+    None, are the checkpoint's; configs/finetune.py leaves every one unset)."""
+    block = as_mapping(block)
+    names = [f.name for f in dataclasses.fields(ModelConfig)]
+    unknown = [k for k in block if k not in names]
+    if unknown:
+        raise unknown_keys_error("model", unknown, names)
+    changes = {}
+    for k, v in block.items():
+        if v is None or v == getattr(ckpt, k):
+            continue
+        if k in RUNTIME_MODEL_FIELDS or (k == "mtp_depth" and v == 0):
+            changes[k] = v
+            continue
+        raise ValueError(f"model.{k}={v!r} conflicts with the checkpoint's {k}={getattr(ckpt, k)!r}: with "
+                         f"train.init_from={init_from!r} the model config comes from the checkpoint; only the "
+                         f"runtime fields {list(RUNTIME_MODEL_FIELDS)} (and mtp_depth=0) may be set. Use "
+                         "configs/finetune.py, which leaves the model fields unset")
+    try:
+        return ckpt.replace(**changes)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"model: {e}") from None
 
 
 def _model_from_dict(d: Any) -> ModelConfig:
@@ -211,6 +272,17 @@ def experiment_config(model: dict) -> "ml_collections.ConfigDict":
     blocks = dict(model=_model_from_dict(model), train=TrainConfig(), data=DataConfig(), mesh=MeshConfig())
     import ml_collections
     return ml_collections.ConfigDict({name: block.to_dict() for name, block in blocks.items()})
+
+
+def finetune_config() -> "ml_collections.ConfigDict":
+    """An experiment ConfigDict for a run with train.init_from: every model field unset (a typed placeholder:
+    the checkpoint gives it, and --config.model.moe_impl=... still parses), the default train/data/mesh blocks."""
+    import ml_collections
+    from ml_collections import config_dict
+
+    model = {f.name: config_dict.placeholder(_PY_TYPES[f.type]) for f in dataclasses.fields(ModelConfig)}
+    blocks = dict(train=TrainConfig(), data=DataConfig(), mesh=MeshConfig())
+    return ml_collections.ConfigDict(dict(model=model, **{name: b.to_dict() for name, b in blocks.items()}))
 
 
 def model_config(cd) -> ModelConfig:

@@ -1,18 +1,20 @@
 """Run an ablation: train every variant of a base config, then write a markdown table and a loss plot.
 
-    python -m experiments.runner --ablation=balancing [--base=configs/tiny.py] [--steps=250]
-                                 [--workdir=runs/ablations]
+    python -m experiments.runner --ablation=balancing [--config=configs/tiny.py] [--steps=250]
+                                 [--workdir=runs/ablations] [--config.train.lr=1e-3 ...]
 
 Writes <workdir>/<ablation>/{<variant>/…, results.md, loss.png}. A variant whose directory already holds a
-finished run is not retrained (delete it to rerun).
+finished run is not retrained (delete it to rerun). `--config.x=y` overrides apply to the base config before
+each variant's own changes. The packages the plot needs (matplotlib: the `viz` extra) are checked before any
+variant trains.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
+import sys
 import time
 
 import flax.linen as nn
@@ -20,15 +22,26 @@ import jax
 import jax.numpy as jnp
 
 import dsv3_jax
+from dsv3_jax import config_args
 from dsv3_jax.experiment_config import model_config
 from experiments.ablations import ABLATIONS, BASELINES
 
 
-def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("base_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+REQUIRED = {"matplotlib": "viz"}  # module -> the extra that installs it
+
+
+def check_imports() -> None:
+    """ValueError naming each missing package and its extra, before anything trains."""
+    missing = [m for m in REQUIRED if importlib.util.find_spec(m) is None]
+    if missing:
+        extras = ",".join(sorted({REQUIRED[m] for m in missing}))
+        raise ValueError(f"python -m experiments.runner needs {', '.join(missing)} (for loss.png): "
+                         f"pip install -e '.[{extras}]'")
+
+
+def load_config(path: str, overrides=()):
+    """The base config file's ConfigDict (a packaged name works too) with `--config.x=y` overrides."""
+    return config_args.load_config(path, overrides)
 
 
 def apply_overrides(cd, overrides: dict):
@@ -109,14 +122,20 @@ def plot_losses(curves: dict[str, list[tuple[int, float]]], path: str, title: st
     plt.close(fig)
 
 
-def run_ablation(ablation: str, base: str, workdir: str, steps: int | None = None, log=print) -> list[dict]:
+def run_ablation(ablation: str, base: str, workdir: str, steps: int | None = None, log=print,
+                 overrides=()) -> list[dict]:
     if ablation not in ABLATIONS:
         raise ValueError(f"--ablation: unknown {ablation!r}; choose from {sorted(ABLATIONS)}")
+    check_imports()
+    from dsv3_jax.experiment_config import ExperimentConfig
     from dsv3_jax.train.loop import train
+
+    for overrides_of_variant in ABLATIONS[ablation].values():  # every variant's config is valid before training
+        ExperimentConfig.from_dict(apply_overrides(load_config(base, overrides), overrides_of_variant))
     out_dir = os.path.join(workdir, ablation)
     results, curves = [], {}
-    for name, overrides in ABLATIONS[ablation].items():
-        cd = apply_overrides(load_config(base), overrides)
+    for name, variant in ABLATIONS[ablation].items():
+        cd = apply_overrides(load_config(base, overrides), variant)
         if steps:
             cd.train.steps = steps
         cd.train.eval_every = cd.train.steps
@@ -137,15 +156,24 @@ def run_ablation(ablation: str, base: str, workdir: str, steps: int | None = Non
     return results
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> int:
+    p = config_args.make_parser("python -m experiments.runner", __doc__, config="optional")
     p.add_argument("--ablation", required=True, choices=sorted(ABLATIONS))
-    p.add_argument("--base", default="configs/tiny.py")
-    p.add_argument("--steps", type=int, default=250)
-    p.add_argument("--workdir", default="runs/ablations")
-    a = p.parse_args(argv)
-    run_ablation(a.ablation, a.base, a.workdir, a.steps)
+    p.add_argument("--base", dest="config", help="the base config (same as --config)")
+    p.add_argument("--steps", type=int, default=250, help="train steps per variant")
+    p.add_argument("--workdir", default="runs/ablations", help="where the variants' runs and results go")
+    p.set_defaults(config="configs/tiny.py")
+    a, overrides = config_args.parse(p, argv)
+    try:
+        if a.print_config:
+            config_args.print_config(config_args.experiment(a, overrides))
+            return 0
+        run_ablation(a.ablation, a.config, a.workdir, a.steps, overrides=overrides)
+    except ValueError as e:
+        print(f"experiments.runner: error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -25,6 +25,7 @@ LEVEL = {  # higher imports lower only
     "bottom": 0, "pallas_kernels": 1, "dsv3_jax.quant": 2, "dsv3_jax.layers": 3, "dsv3_jax.model": 4,
     "dsv3_jax.losses": 4, "dsv3_jax.data": 4, "dsv3_jax.parallel": 5,
     "dsv3_jax.experiment_config": 5.5,  # the run config: model + data + mesh + train blocks
+    "dsv3_jax.config_args": 5.7,  # config files and --config.x=y on the command line (every tool)
     "dsv3_jax.train": 6, "dsv3_jax.infer": 7, "dsv3_jax.interop": 8, "dsv3_jax.analysis": 8, "dsv3_jax.cli": 9,
     "dsv3_jax": 10,  # the package __init__ (public API)
 }

@@ -4,9 +4,9 @@ timeline (plot.py, needs matplotlib)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
+from dsv3_jax import config_args
 from dsv3_jax.parallel.pipeline import simulate
 from dsv3_jax.parallel.pipeline.plot import plot_timeline
 from dsv3_jax.parallel.pipeline.schedules import SCHEDULE_NAMES, make_schedule
@@ -14,7 +14,7 @@ from dsv3_jax.parallel.pipeline.schedules import SCHEDULE_NAMES, make_schedule
 
 def run_cli(argv: list[str] | None = None) -> dict:
     """Parse flags, print the report as JSON (and write --plot), return the report."""
-    p = argparse.ArgumentParser(description="Simulate a pipeline schedule and print JSON (bubble, memory).")
+    p = config_args.make_parser("dsv3-pipeline-sim", __doc__)
     p.add_argument("--schedule", required=True, choices=SCHEDULE_NAMES)
     p.add_argument("--pp", type=int, required=True, help="pipeline stages (dualpipev runs them on pp/2 ranks)")
     p.add_argument("--chunks", type=int, required=True, help="micro-batches per step")
@@ -23,7 +23,7 @@ def run_cli(argv: list[str] | None = None) -> dict:
     p.add_argument("--w", type=float, default=1.0, help="weight-gradient chunk time")
     p.add_argument("--fb", type=float, default=None, help="overlapped F&B pair time (default f + b)")
     p.add_argument("--plot", default=None, help="write the timeline as a PNG here (needs matplotlib)")
-    args = p.parse_args(argv)
+    args, _ = config_args.parse(p, argv)
     try:
         durations = simulate.Durations(args.f, args.b, args.w, args.fb)
         out = simulate.report(args.schedule, args.pp, args.chunks, durations)

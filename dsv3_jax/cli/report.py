@@ -3,7 +3,7 @@
     dsv3-report                        # text tables
     dsv3-report --format=markdown      # markdown tables
     dsv3-report --json                 # {"tables": [{..., "rows": [{"name", "paper", "ours", ...}]}]}
-    dsv3-report --config=configs/tiny.py [--devices=8]   # add a table for one experiment config
+    dsv3-report --config=configs/tiny.py [--devices=8] [--config.model.n_layers=8]   # add a table for one config
     python -m dsv3_jax.cli.report ...  # the same
 
 All numbers come from dsv3_jax.analysis (see its modules for the conventions).
@@ -12,45 +12,47 @@ All numbers come from dsv3_jax.analysis (see its modules for the conventions).
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import sys
 
+from dsv3_jax import config_args
 from dsv3_jax.analysis import report, tables
 
 
-def load_config(spec: str):
-    """`path/to/config.py[:arg]` -> the file's get_config(arg) ConfigDict (ml-collections config file)."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise ValueError(f"--config: no such config file {path!r}")
-    mod_spec = importlib.util.spec_from_file_location("_dsv3_report_config", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"--config: {path!r} defines no get_config(arg)")
-    return module.get_config(arg or None)
+def load_config(spec: str, overrides=()):
+    """`path/to/config.py[:arg]` (or a packaged name) -> its ConfigDict with the overrides applied."""
+    return config_args.load_config(spec, overrides)
+
+
+def make_parser():
+    p = config_args.make_parser("dsv3-report", __doc__, config="optional")
+    p.add_argument("--format", choices=("text", "markdown"), default="text", help="table format")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--seq_len", type=int, default=4096, help="sequence length of the FLOPs table")
+    p.add_argument("--devices", type=int, default=None, help="devices for --config's memory estimate")
+    return p
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="dsv3-report", description=__doc__.splitlines()[0])
-    p.add_argument("--format", choices=("text", "markdown"), default="text", help="table format")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--seq-len", type=int, default=4096, help="sequence length of the FLOPs table")
-    p.add_argument("--config", default=None, help="an experiment config file (path[:arg]) to add a table for")
-    p.add_argument("--devices", type=int, default=None, help="devices for --config's memory estimate")
-    return p.parse_args(argv)
+    args, overrides = config_args.parse(make_parser(), argv)
+    args.overrides = overrides
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = report.build_tables(seq_len=args.seq_len)
-    if args.config:
+    if args.config or args.print_config or args.overrides:
         try:
-            out.append(report.config_table(load_config(args.config), args.devices, label=args.config))
+            exp = config_args.experiment(args, args.overrides)
+            if args.print_config:
+                config_args.print_config(exp)
+                return 0
+            table = report.config_table(exp.to_configdict(), args.devices, label=args.config)
         except ValueError as e:  # bad file, bad config or bad mesh: say which, no traceback
             sys.stderr.write(f"dsv3-report: error: {e}\n")
             return 2
+    out = report.build_tables(seq_len=args.seq_len)
+    if args.config:
+        out.append(table)
     if args.json:
         text = tables.to_json(out)
     else:

@@ -1,70 +1,99 @@
-"""`dsv3-train --config=configs/tiny.py --workdir=runs/tiny [--config.train.steps=300]`.
+"""`dsv3-train --config=configs/tiny.py --workdir=runs/tiny [--config.train.steps=300]`: train, resuming from the
+newest usable checkpoint of the workdir.
 
-Only parses flags and calls `dsv3_jax.train.loop.train` (the CLI and the library share one code path). Multi-host: start one
-process per host (or per GPU) with --coordinator_address=HOST:PORT --num_processes=N --process_id=I, or the
-environment variables JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or under SLURM / Open
-MPI with none of them (parallel/distributed.py); the mesh comes from --config.mesh.*.
+Only parses flags and calls `dsv3_jax.train.loop.train` (the CLI and the library share one code path). Multi-host:
+start one process per host (or per GPU) with --coordinator_address=HOST:PORT --num_processes=N --process_id=I,
+or the environment variables JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or under SLURM /
+Open MPI with none of them (parallel/distributed.py); the mesh comes from --config.mesh.*.
+
+Output: the resolved config (stderr), then the data, a compile line, a line per train.log_every steps (loss,
+tokens/s after compilation, TFLOP/s, MFU, ETA), an eval line per evaluation, a line per checkpoint and a summary
+table (stdout); the numbers go to workdir/metrics.jsonl, workdir/summary.json and TensorBoard
+(`tensorboard --logdir WORKDIR`). --config.train.profile_steps=[a,b] writes a jax.profiler trace of steps a..b
+to WORKDIR/profile (TensorBoard's profile plugin from xprof, or ui.perfetto.dev). The persistent compilation
+cache is on (train/compile_cache.py).
 
 Exit status: 0 when train.steps are done; 1 on bad input or a non-finite step (one `dsv3-train: error:` line,
-naming the field or the last good checkpoint); 128 + the signal number (143 for SIGTERM, 130 for SIGINT) when
-a signal stopped the run after saving a checkpoint: rerun the same command to resume. Orbax's INFO logs are
-shown only with -v 0 (or --verbosity=0).
+naming the field or the last good checkpoint); 2 on unknown flags; 128 + the signal number (143 for SIGTERM,
+130 for SIGINT) when a signal stopped the run after saving a checkpoint: rerun the same command to resume.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics; reused to resume.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index in [0, N).")
+from dsv3_jax import config_args
 
 
-def _run(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    import jax  # after flag parsing: jax starts here
-    from absl import logging
+def make_parser():
+    p = config_args.make_parser("dsv3-train", __doc__, config="required", log_info=True)
+    p.add_argument("--workdir", metavar="DIR", help="directory for checkpoints, metrics and config.json; reused to resume")
+    p.add_argument("--coordinator_address", metavar="HOST:PORT", help="multi-host: HOST:PORT of process 0")
+    p.add_argument("--num_processes", type=int, metavar="N", help="multi-host: number of processes")
+    p.add_argument("--process_id", type=int, metavar="I", help="multi-host: this process's index in [0, N)")
+    add_compile_cache_flags(p)
+    return p
 
-    if not flags.FLAGS["verbosity"].present:  # keep orbax's INFO lines off the progress bar (-v 0 shows them)
-        logging.set_verbosity(logging.WARNING)
 
+def add_compile_cache_flags(p) -> None:
+    p.add_argument("--compile_cache_dir", metavar="DIR", help="persistent XLA compilation cache (default: "
+                   "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/dsv3_jax/xla)")
+    p.add_argument("--no_compile_cache", action="store_true", help="compile everything again (no cache)")
+
+
+def setup_compile_cache(args) -> str | None:
+    """The cache directory in use, or None with --no_compile_cache (logged at INFO)."""
+    from dsv3_jax.train import compile_cache
+
+    if args.no_compile_cache:
+        compile_cache.disable()
+        config_args.LOG.info("compilation cache: off (--no_compile_cache)")
+        return None
+    directory = compile_cache.enable(args.compile_cache_dir)
+    config_args.LOG.info("compilation cache: %s (--no_compile_cache turns it off)", directory)
+    return directory
+
+
+def main(argv=None) -> None:
+    """Console-script entry point: exits with the status above."""
+    parser = make_parser()
+    args, overrides = config_args.parse(parser, argv)
+    try:
+        if not args.workdir and not args.print_config:
+            raise ValueError("--workdir=DIR is required (checkpoints and metrics go there)")
+        exp = config_args.experiment(args, overrides)
+        if args.print_config:
+            config_args.print_config(exp)
+            sys.exit(0)
+    except ValueError as e:
+        print(f"dsv3-train: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(_train(exp, args))
+
+
+def _train(exp, args) -> int:
     import signal
 
+    import jax
+
+    from dsv3_jax.analysis.flops import training_flops_per_token
+    from dsv3_jax.analysis.hardware import peak_flops
     from dsv3_jax.parallel import distributed
     from dsv3_jax.train.loop import NonFiniteError, train
 
+    setup_compile_cache(args)
     try:
-        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-        summary = train(_CONFIG.value, _WORKDIR.value)
+        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+        flops = training_flops_per_token(exp.model, exp.train.seq_len, include_mtp=True)
+        peak = peak_flops(jax.devices()[0].device_kind, "bf16" if exp.model.fp8 == "none" else "fp8")
+        summary = train(exp, args.workdir, flops_per_token=flops, peak_flops=peak)
     except (ValueError, NonFiniteError) as e:
         print(f"dsv3-train: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    interrupted = summary.pop("interrupted", None)
+        return 1
+    interrupted = summary.get("interrupted")
     if interrupted:  # the loop printed where the checkpoint is; the status tells a scheduler to requeue
-        sys.exit(128 + signal.Signals[interrupted].value)
-    if jax.process_index() != 0:  # one summary per run
-        return
-    sample = summary.pop("sample", None)
-    print(json.dumps({k: v if isinstance(v, (int, float, str)) else [float(x) for x in v]
-                      for k, v in summary.items()}, indent=1))
-    if "val_bits_per_byte" in summary:
-        print(f"val loss {summary['val_bits_per_byte']:.3f} bits/byte vs byte-unigram baseline "
-              f"{summary['val_unigram_bits_per_byte']:.3f} bits/byte")
-    if sample is not None:
-        print("greedy sample:\n" + sample)
-
-
-def main():
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(_run)
+        return 128 + signal.Signals[interrupted].value
+    return 0
 
 
 if __name__ == "__main__":

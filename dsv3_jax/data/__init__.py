@@ -1,4 +1,4 @@
-"""Data: byte tokenizer, corpora (stdlib / files / Hugging Face / synthetic), packing, grain pipeline.
+"""Data: byte tokenizer, corpora (stdlib / files / Hugging Face / synthetic), packing, a prefetching batch iterator.
 
 The training loop needs only `make_datasets`; see pipeline.py for the batch format and checkpoint state.
 """

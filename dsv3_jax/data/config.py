@@ -15,7 +15,7 @@ from dsv3_jax.data import synthetic
 from dsv3_jax.config_fields import build, check
 
 SOURCES = ("stdlib", "files", "synthetic", "hf")
-BACKENDS = ("auto", "grain", "numpy")
+BACKENDS = ("auto", "numpy")  # one executor (pipeline.py); the field stays so that saved configs load
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,7 @@ class DataConfig:
     hf_split: str = "train"
     synthetic_bytes: int = synthetic.DEFAULT_BYTES
     seed: int = 0  # the synthetic generator's seed (the batch order uses train.seed)
-    backend: str = "auto"  # "auto" | "grain" | "numpy" (same batches either way)
+    backend: str = "auto"  # "auto" | "numpy": the same prefetching iterator (grain is no longer used)
 
     def __post_init__(self):
         check("data", self, {
@@ -41,7 +41,8 @@ class DataConfig:
             "max_docs": (lambda v: v >= 0, "must be >= 0 (0 = all documents)"),
             "synthetic_bytes": (lambda v: v >= 1, "must be >= 1"),
             "seed": (lambda v: v >= 0, "must be >= 0"),
-            "backend": (lambda v: v in BACKENDS, f"must be one of {BACKENDS}"),
+            "backend": (lambda v: v in BACKENDS, f"must be one of {BACKENDS} (the 'grain' backend was removed: the "
+                        "built-in iterator prefetches the next batches with identical order and state)"),
         })
         if self.path and self.source in ("stdlib", "synthetic"):
             raise ValueError(f"data.path={self.path!r} is set but data.source={self.source!r} does not read it; "

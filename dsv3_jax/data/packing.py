@@ -50,10 +50,10 @@ def gather_windows(stream: np.ndarray, window_ids: np.ndarray, seq_len: int) -> 
     return stream[idx].astype(np.int32)
 
 
-def padded_windows(stream: np.ndarray, seq_len: int) -> tuple[np.ndarray, int]:
-    """(stream padded with PAD so that windows cover every token, number of windows). For evaluation."""
+def padded_windows(stream: np.ndarray, seq_len: int, pad_id: int = PAD_ID) -> tuple[np.ndarray, int]:
+    """(stream padded with pad_id so that windows cover every token, number of windows). For evaluation."""
     n = -(-(len(stream) - 1) // seq_len) if len(stream) > 1 else 0
-    padded = np.full(n * seq_len + 1, PAD_ID, dtype=STREAM_DTYPE)
+    padded = np.full(n * seq_len + 1, pad_id, dtype=stream.dtype)
     padded[: len(stream)] = stream[: len(padded)]
     return padded, n
 

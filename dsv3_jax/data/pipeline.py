@@ -1,4 +1,4 @@
-"""The input pipeline: packed windows -> seeded order -> global batch -> this host's rows, run by grain.
+"""The input pipeline: packed windows -> seeded order -> global batch -> this host's rows, prefetched.
 
 Batches are dicts of int32 numpy arrays, `{"inputs": [b, T], "targets": [b, T]}` with targets = inputs
 shifted by one token (packing.py), b = train.batch_size // process_count rows for this host. Segment ids
@@ -10,10 +10,11 @@ Order (sampler.py): a fresh seeded permutation of the windows per epoch; consecu
 samples form the GLOBAL batches, and host p takes rows [p*b, (p+1)*b) of each, so hosts are disjoint, their
 union is the global batch, and the sequence of global batches does not depend on the host count.
 
-Execution: global batch k is a pure function of k, run by a grain `MapDataset` (`MapDataset.range` ->
-`map`; grain's iterator state is `{"next_index": k}`) when grain is installed, or by a small built-in
-iterator with the same state otherwise (`backend="auto"` says so once; the GPU machine has no grain).
-Both give identical batches, so checkpoints move freely between them.
+Execution: global batch k is a pure function of k. `Prefetcher` computes batches k+1..k+PREFETCH on a
+background thread while the training step on batch k runs on the device (the loop waits for each step, so
+without it the host would build the next batch only afterwards); its state is `{"next_index": k}`, the
+batches handed out so far, so the order and the checkpoint never depend on timing. (Earlier versions ran
+this through grain with threads and prefetching off; the states are the same.)
 
 Checkpointing: `TrainIterator.get_state()` is a small JSON-serializable dict (the next batch index plus a
 fingerprint of seq_len, batch size, seed and a digest of the token stream). `set_state` on a fresh
@@ -27,9 +28,10 @@ PAD. Nothing here imports jax: arrays stay on the host until the training loop p
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import hashlib
-import logging
 import math
 from typing import Any, Callable, Iterator, Mapping
 
@@ -38,16 +40,11 @@ import numpy as np
 from dsv3_jax.data import baseline, corpus, packing, sampler
 from dsv3_jax.data.config import BACKENDS, DataConfig
 from dsv3_jax.data.tokenizer import PAD_ID
-
-try:
-    import grain
-except ImportError:  # optional at runtime: the built-in iterator gives the same batches
-    grain = None
+from dsv3_jax.data.tokenizers import ByteTokenizer, Tokenizer
 
 STATE_FORMAT = "dsv3_jax.data.TrainIterator/1"
 VAL_ORDER_SEED = 0
-_MAX_BATCHES = 2**62  # "infinite" index range for grain's MapDataset
-_warned_no_grain = []
+PREFETCH = 2  # batches computed ahead of the one being trained on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,48 +101,42 @@ def batch_fn(stream: np.ndarray, seq_len: int, order: sampler.WindowOrder,
 
 
 def resolve_backend(backend: str) -> str:
-    """The executor ("grain" or "numpy") for `backend`; fails fast when grain is asked for but missing."""
+    """The executor for data.backend: every accepted value runs the built-in Prefetcher."""
     if backend not in BACKENDS:
         raise ValueError(f"data.backend={backend!r} is not one of {BACKENDS}")
-    if backend == "grain" and grain is None:
-        raise ValueError("data.backend='grain' but the `grain` package is not installed (pip install grain); "
-                         "use data.backend='auto' or 'numpy' for the built-in iterator (same batches)")
-    if backend == "auto" and grain is None:
-        if not _warned_no_grain:
-            logging.getLogger(__name__).warning("grain is not installed; using the built-in data iterator "
-                                                "(identical batches and checkpoint state)")
-            _warned_no_grain.append(True)
-        return "numpy"
-    return "grain" if backend == "auto" else backend
+    return "numpy"
 
 
-class _IndexIterator:
-    """The built-in executor: yields fn(k) for k = next_index, next_index + 1, ...; grain's state shape."""
+class Prefetcher:
+    """Yields fn(k) for k = next_index, next_index + 1, ...; a worker thread computes the next `depth` items
+    while the caller works. get_state/set_state: {"next_index": items handed out}."""
 
-    def __init__(self, fn: Callable[[int], Any]):
-        self._fn, self._next = fn, 0
+    def __init__(self, fn: Callable[[int], Any], depth: int = PREFETCH):
+        self._fn, self._depth, self._next = fn, depth, 0
+        self._pending: collections.deque = collections.deque()  # futures of fn(_next), fn(_next + 1), ...
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsv3-data")
+
+    def _fill(self) -> None:
+        while len(self._pending) < self._depth:
+            self._pending.append(self._pool.submit(self._fn, self._next + len(self._pending)))
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        out = self._fn(self._next)
+        out = self._pending.popleft().result() if self._pending else self._fn(self._next)
         self._next += 1
+        self._fill()  # start on the following batches now, while the device runs this one
         return out
 
     def get_state(self) -> dict[str, int]:
         return {"next_index": self._next}
 
     def set_state(self, state: dict[str, int]) -> None:
+        for f in self._pending:
+            f.cancel()
+        self._pending.clear()
         self._next = int(state["next_index"])
-
-
-def _executor(fn: Callable[[int], Any], backend: str):
-    """An iterator over fn(0), fn(1), ... with get_state/set_state {"next_index": k}."""
-    if resolve_backend(backend) == "numpy":
-        return _IndexIterator(fn)
-    options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)  # in-memory data: no threads
-    return iter(grain.MapDataset.range(_MAX_BATCHES).map(fn).to_iter_dataset(options))
 
 
 class TrainIterator:
@@ -162,7 +153,8 @@ class TrainIterator:
         if not 0 <= seed < 2**63:
             raise ValueError(f"train.seed={seed} must be in [0, 2**63) for the data order")
         order = sampler.WindowOrder(n, batch_size, seed)
-        self._it = _executor(batch_fn(stream, seq_len, order, rows), backend)
+        resolve_backend(backend)
+        self._it = Prefetcher(batch_fn(stream, seq_len, order, rows))
         self.fingerprint = {"seq_len": int(seq_len), "batch_size": int(batch_size), "seed": int(seed),
                             "num_windows": n, "stream_digest": stream_digest(stream)}
         self.info = info
@@ -201,9 +193,11 @@ class ValBatches:
     """Callable giving a fresh, deterministic iterator over this host's validation batches."""
 
     def __init__(self, stream: np.ndarray, seq_len: int, batch_size: int,
-                 process_index: int = 0, process_count: int = 1, info: DataInfo | None = None):
+                 process_index: int = 0, process_count: int = 1, info: DataInfo | None = None,
+                 pad_id: int = PAD_ID):
         self._rows = host_rows(batch_size, process_index, process_count)
-        self._padded, n = packing.padded_windows(stream, seq_len)
+        self._pad_id = pad_id
+        self._padded, n = packing.padded_windows(stream, seq_len, pad_id)
         self._seq_len, self._batch_size = seq_len, batch_size
         self._order = sampler.epoch_permutation(n, VAL_ORDER_SEED, 0)
         self.tokens = stream
@@ -221,16 +215,47 @@ class ValBatches:
             ids = self._order[k * self._batch_size: (k + 1) * self._batch_size]
             windows = packing.gather_windows(self._padded, ids, self._seq_len)
             if len(ids) < self._batch_size:  # pad the last global batch with all-PAD rows
-                pad = np.full((self._batch_size - len(ids), self._seq_len + 1), PAD_ID, np.int32)
+                pad = np.full((self._batch_size - len(ids), self._seq_len + 1), self._pad_id, np.int32)
                 windows = np.concatenate([windows, pad])
             yield packing.split_inputs_targets(windows[self._rows])
 
 
+def token_stream(docs, tok: Tokenizer | None) -> np.ndarray:
+    """The BOS-prefixed concatenation of the documents' ids: packing.pack_documents for the byte tokenizer, a
+    checkpoint tokenizer's ids (uint32) otherwise. A document containing the pad id (which pads validation
+    batches and is masked out of every loss) is a ValueError naming it: it would be dropped silently."""
+    if tok is None or isinstance(tok, ByteTokenizer):
+        return packing.pack_documents([d.text for d in docs])
+    if tok.bos_id is None:
+        raise ValueError(f"{tok.name}: has no bos_token, which separates packed documents")
+    ids = tok.encode_documents([d.text.decode("utf-8") for d in docs])
+    for d, x in zip(docs, ids):
+        if tok.pad_id in x:
+            raise ValueError(f"document {d.name!r} contains token {tok.pad_id}, the pad token of {tok.name} "
+                             "(validation padding, masked out of the loss); remove it from the text")
+    lengths = np.asarray([len(x) + 1 for x in ids], np.int64)
+    stream = np.empty(int(lengths.sum()), np.uint32)
+    for start, x in zip(np.cumsum(lengths) - lengths, ids):
+        stream[start] = tok.bos_id
+        stream[start + 1:start + 1 + len(x)] = x
+    return stream
+
+
+def _val_baseline(val_docs, val_stream, tok) -> float:
+    """Byte-unigram entropy of the val text (from the stream's byte ids, or the raw text for other tokenizers)."""
+    if not val_docs:
+        return math.nan
+    if tok is None or isinstance(tok, ByteTokenizer):
+        return baseline.unigram_bits_per_byte(val_stream)
+    return baseline.unigram_bits_per_byte(np.frombuffer(b"".join(d.text for d in val_docs), np.uint8))
+
+
 def make_datasets(data_cfg: DataConfig | Mapping[str, Any], train_cfg: Any, max_seq_len: int,
-                  process_index: int = 0, process_count: int = 1
+                  process_index: int = 0, process_count: int = 1, tokenizer: Tokenizer | None = None
                   ) -> tuple[TrainIterator, Callable[..., Iterator[dict]]]:
     """(train_iter, val_batches_fn) for the training loop, from the `data` block (a DataConfig, or a mapping
-    validated into one) and the train block's seq_len, batch_size and seed (experiment_config.TrainConfig).
+    validated into one) and the train block's seq_len, batch_size and seed (experiment_config.TrainConfig),
+    tokenized by the run's `tokenizer` (default: the byte tokenizer; data/tokenizers.py).
 
     `val_batches_fn(max_batches=None)` returns a fresh iterator; `train_iter.info` and `val_batches_fn.info`
     hold the DataInfo (corpus summary, sizes, val byte-unigram baseline).
@@ -241,14 +266,14 @@ def make_datasets(data_cfg: DataConfig | Mapping[str, Any], train_cfg: Any, max_
     host_rows(batch_size, process_index, process_count)
     full = corpus.load_corpus(data_cfg)
     train_docs, val_docs = corpus.split_documents(full.documents, data_cfg.val_fraction)
-    train_stream = packing.pack_documents([d.text for d in train_docs])
-    val_stream = packing.pack_documents([d.text for d in val_docs])
+    train_stream, val_stream = token_stream(train_docs, tokenizer), token_stream(val_docs, tokenizer)
     n = packing.num_windows(len(train_stream), seq_len)
     info = DataInfo(
         corpus_summary=full.summary(), train_docs=len(train_docs), val_docs=len(val_docs),
         train_tokens=len(train_stream), val_tokens=len(val_stream), train_windows=n,
         train_tokens_left_out=max(0, len(train_stream) - 1 - n * seq_len),
-        val_unigram_bits_per_byte=baseline.unigram_bits_per_byte(val_stream) if val_docs else math.nan)
+        val_unigram_bits_per_byte=_val_baseline(val_docs, val_stream, tokenizer))
     train_iter = TrainIterator(train_stream, seq_len, batch_size, seed, process_index, process_count, info,
                                data_cfg.backend)
-    return train_iter, ValBatches(val_stream, seq_len, batch_size, process_index, process_count, info)
+    pad_id = PAD_ID if tokenizer is None else tokenizer.pad_id
+    return train_iter, ValBatches(val_stream, seq_len, batch_size, process_index, process_count, info, pad_id)

@@ -5,6 +5,7 @@ plain decoding at batch 1 with the measured acceptance. Small config by default;
     python -m dsv3_jax.infer.bench                       # configs/small.py, on the GPU
     python -m dsv3_jax.infer.bench --workdir=runs/small  # a trained checkpoint: meaningful acceptance
     python -m dsv3_jax.infer.bench --tiny                # configs/tiny.py, small sizes, CPU smoke run
+    python -m dsv3_jax.infer.bench --config.model.moe_impl=dense   # any --config.x=y override (random weights)
 
 Timing: warm-up, block_until_ready, median of --iters single steps; the cache holds random (not zero) entries
 and `lengths` = context. Correctness is checked first (absorb and naive prefill+decode logits agree). Random
@@ -14,7 +15,6 @@ the README results).
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import statistics
 import time
@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dsv3_jax import config_args
 from dsv3_jax.model import DeepSeekV3
-from dsv3_jax.experiment_config import model_config
 from dsv3_jax.infer.cache import cache_bytes_per_token, init_cache
 from dsv3_jax.infer.decode import decode_step, prefill
 from dsv3_jax.infer.generate import generate
@@ -128,21 +128,19 @@ def speculative_row(cfg, variables, new_tokens: int, prompt_len: int):
 def load_model(args):
     """(cfg, variables): a trained workdir, or random weights of the config."""
     if args.workdir:
+        if args.overrides:
+            raise ValueError(f"{args.overrides[0]}: overrides apply to --config (random weights), not to --workdir")
         from dsv3_jax.infer.restore import load_workdir
         cfg, variables, _ = load_workdir(args.workdir)
         return cfg, variables
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_config", args.config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = model_config(module.get_config())
+    cfg = config_args.experiment(args, args.overrides).model
     variables = jax.jit(DeepSeekV3(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
     return cfg, {"params": variables["params"], "router": variables.get("router", {})}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/small.py")
+    p = config_args.make_parser("python -m dsv3_jax.infer.bench", __doc__, config="optional")
+    p.set_defaults(config="configs/small.py")
     p.add_argument("--workdir", default="", help="trained run to load instead of random weights")
     p.add_argument("--tiny", action="store_true", help="configs/tiny.py and small sizes (CPU smoke run)")
     p.add_argument("--batches", default="1,64")
@@ -151,7 +149,7 @@ def parse_args(argv=None):
     p.add_argument("--spec_tokens", type=int, default=128)
     p.add_argument("--memory_fraction", type=float, default=0.6, help="skip caches above this share of memory")
     p.add_argument("--date", default=datetime.date.today().isoformat())
-    args = p.parse_args(argv)
+    args, args.overrides = config_args.parse(p, argv)
     if args.tiny:
         args.config, args.batches, args.contexts = "configs/tiny.py", "1,4", "64,256"
         args.iters, args.spec_tokens = min(args.iters, 5), min(args.spec_tokens, 16)
@@ -160,6 +158,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.print_config:
+        config_args.print_config(config_args.experiment(args, args.overrides))
+        return None
     batches = [int(x) for x in args.batches.split(",")]
     contexts = [int(x) for x in args.contexts.split(",")]
     cfg, variables = load_model(args)

@@ -9,16 +9,18 @@ Edge blocks (M or N not a multiple of 128, e.g. wkv_a's 576 rows) are partial: t
 rows/columns that exist (the checkpoint made it from the zero-padded block, and zeros never raise an amax).
 The block size is always 128 here, never inferred from the tensor shape (the HF loader bug docs/paper.md §3 notes).
 
-Everything is host-side numpy (ml_dtypes provides float8_e4m3fn), so a checkpoint is dequantized one tensor at
+`FP8Weight` (quant/fp8_weight.py) holds such a kernel in our [in, out] layout: value [..., I, O] and scale_inv
+[..., ceil(I/128), ceil(O/128)], the checkpoint's blocks transposed. Everything here is host-side numpy (ml_dtypes provides float8_e4m3fn), so a checkpoint is dequantized one tensor at
 a time without touching an accelerator.
 """
 
 from __future__ import annotations
 
-import flax
 import jax
 import ml_dtypes
 import numpy as np
+
+from dsv3_jax.quant.fp8_weight import FP8Weight  # the leaf type (our [in, out] layout); defined below the layers
 
 BLOCK = 128  # weight_block_size of every DeepSeek FP8 checkpoint ([128, 128] in quantization_config)
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
@@ -55,31 +57,11 @@ def dequantize(w: np.ndarray, scale_inv: np.ndarray, dtype=np.float32, name: str
     return out.astype(dtype, copy=False)
 
 
-@flax.struct.dataclass
-class FP8Weight:
-    """A kernel kept in FP8 (`load_hf_checkpoint(keep_fp8=True)`), in OUR [in, out] layout.
-
-    value [..., I, O] float8_e4m3fn and scale_inv [..., ceil(I/128), ceil(O/128)] float32, with
-    kernel = value · scale_inv[i//128, o//128] — the checkpoint's blocks transposed, so
-    `dsv3_jax.quant.fp8.dequantize_blocks(value, scale_inv)` gives the kernel. A pytree (both fields are leaves).
-    """
-
-    value: np.ndarray
-    scale_inv: np.ndarray
-
-    @property
-    def shape(self):
-        return self.value.shape
-
-    def dequantize(self, dtype=np.float32) -> np.ndarray:
-        return dequantize(np.asarray(self.value), np.asarray(self.scale_inv), dtype)
-
-
 def is_fp8_weight(x) -> bool:
     return isinstance(x, FP8Weight)
 
 
 def dequantize_variables(variables, dtype=np.float32):
     """Replace every FP8Weight leaf of a variables tree by its dequantized numpy kernel (for model.apply)."""
-    return jax.tree.map(lambda x: x.dequantize(dtype) if is_fp8_weight(x) else x, variables,
-                        is_leaf=is_fp8_weight)
+    return jax.tree.map(lambda x: dequantize(np.asarray(x.value), np.asarray(x.scale_inv), dtype)
+                        if is_fp8_weight(x) else x, variables, is_leaf=is_fp8_weight)

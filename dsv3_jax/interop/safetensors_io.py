@@ -4,8 +4,8 @@ Why our own: the `safetensors` package's numpy backend cannot load float8_e4m3fn
 ml_dtypes does), and the torch backend would make torch a dependency of loading. The format is small
 (github huggingface/safetensors README): an 8-byte little-endian header length N, N bytes of JSON
 {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}, then the raw little-endian,
-row-major tensor bytes; offsets count from the end of the header. Tensors are read one at a time with plain
-file reads (streaming: the process holds the destination arrays plus one tensor).
+row-major tensor bytes; offsets count from the end of the header. Tensors, or rectangular regions of them (a
+device's shard), are read with plain ranged reads of exactly their bytes (interop/streaming.py).
 
 Checkpoint directories follow Hugging Face: `model.safetensors`, or shards listed by
 `model.safetensors.index.json` ({"metadata": {"total_size"}, "weight_map": {tensor: file}}).
@@ -122,21 +122,57 @@ def checkpoint_tensors(directory: str) -> dict[str, TensorInfo]:
 
 
 class Reader:
-    """Reads one tensor at a time into a fresh numpy array (plain reads, not a memory map, so the process never
-    holds more of a shard than the tensor being converted). Keeps one open handle per shard."""
+    """Reads tensors, or rectangular regions of them, into fresh numpy arrays with plain ranged reads (no memory
+    map, so the process holds nothing of a shard beyond what it asked for). Keeps one open handle per shard,
+    counts the bytes it read (`bytes_read`) and, given a `record` list, appends (tag, file, offset, length) for
+    every read (`tag`: what the caller is reading, e.g. a variable and a device's region), which is how the
+    tests check that a process read only its shards' byte ranges."""
 
-    def __init__(self):
+    def __init__(self, record: list | None = None):
         self._files: dict[str, Any] = {}
+        self.bytes_read = 0
+        self.record = record
+        self.tag: Any = None
+
+    def _fd(self, file: str) -> int:
+        f = self._files.get(file)
+        if f is None:
+            f = self._files[file] = open(file, "rb")
+        return f.fileno()
 
     def read(self, info: TensorInfo) -> np.ndarray:
-        f = self._files.get(info.file)
-        if f is None:
-            f = self._files[info.file] = open(info.file, "rb")
-        buf = np.empty(info.end - info.start, np.uint8)
-        f.seek(info.start)
-        if f.readinto(memoryview(buf)) != buf.size:
-            raise ValueError(f"{info.file}: tensor {info.name!r} is truncated (expected {buf.size} bytes)")
-        return buf.view(DTYPES[info.dtype]).reshape(info.shape)
+        """The whole tensor."""
+        return self.read_region(info, [(0, n) for n in info.shape])
+
+    def read_region(self, info: TensorInfo, region: Sequence[tuple[int, int]]) -> np.ndarray:
+        """tensor[r0:r1, c0:c1, ...] for region [(r0, r1), (c0, c1), ...]: one read per contiguous run of the
+        row-major data (a run spans the innermost partial axis and every full axis after it)."""
+        dtype, shape = DTYPES[info.dtype], info.shape
+        if len(region) != len(shape) or any(not 0 <= a <= b <= n for (a, b), n in zip(region, shape)):
+            raise ValueError(f"{info.file}: region {list(region)} is outside tensor {info.name!r} {shape}")
+        out = np.empty([b - a for a, b in region], dtype)
+        if out.size == 0:
+            return out
+        j = max([0] + [a for a, ((lo, hi), n) in enumerate(zip(region, shape)) if (lo, hi) != (0, n)])
+        strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
+        run = (region[j][1] - region[j][0]) * strides[j] if shape else 1
+        flat = out.reshape(-1).view(np.uint8)
+        fd = self._fd(info.file)
+        for k, outer in enumerate(np.ndindex(*[b - a for a, b in region[:j]])):
+            elem = sum((region[a][0] + i) * strides[a] for a, i in enumerate(outer)) + (
+                region[j][0] * strides[j] if shape else 0)
+            self._pread(fd, info, flat[k * run * dtype.itemsize:(k + 1) * run * dtype.itemsize],
+                        info.start + elem * dtype.itemsize)
+        return out
+
+    def _pread(self, fd, info: TensorInfo, buf, offset: int) -> None:
+        got = os.preadv(fd, [buf], offset)
+        if got != len(buf):
+            raise ValueError(f"{info.file}: tensor {info.name!r} is truncated (expected {len(buf)} bytes at "
+                             f"offset {offset}, read {got})")
+        self.bytes_read += got
+        if self.record is not None:
+            self.record.append((self.tag, info.file, offset, got))
 
     def close(self):
         for f in self._files.values():

@@ -3,6 +3,9 @@
 Every Linear of MLA, the dense MLP and the experts goes through `matmul` here, so the FP8 recipe (quant/) can
 be injected in one place; the embedding, the output head and the router stay in high precision
 (V3 report §3.3). Kernels are stored [in, out] in float32 (master weights) and cast to the compute dtype.
+A kernel may also be a `quant.fp8_weight.FP8Weight` (an FP8 checkpoint loaded with keep_fp8=True): every
+matmul here then runs the weight-only blockwise FP8 product (dequantized per 128x128 block inside the matmul),
+and `kernel_of` / the operand views give its dequantized kernel.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import jax.numpy as jnp
 from dsv3_jax import param_tree as pt
 from dsv3_jax import sharding
 from dsv3_jax.quant.fp8_delayed import init_delayed_meta
+from dsv3_jax.quant.fp8_weight import is_fp8_weight, weight_only_matmul, weight_only_ragged_dot
 from dsv3_jax.quant.recipe import FP8_RECIPES, make_matmul, make_operand_views, make_ragged_dot, tokens_matmul
 
 FP8_META_COLLECTION = pt.FP8_META  # per-tensor delayed FP8: amax histories, updated as their gradient
@@ -29,8 +33,19 @@ class MetaKernel(NamedTuple):
 
 
 def kernel_of(w):
-    """The bare kernel of a weight that may be a MetaKernel (for code that uses a kernel outside `mm`)."""
+    """The bare kernel of a weight that may be a MetaKernel or an FP8Weight (dequantized, float32), for code
+    that uses a kernel outside `mm`."""
+    if is_fp8_weight(w):
+        return w.dequantize(jnp.float32)
     return w.kernel if isinstance(w, MetaKernel) else w
+
+
+def _weight_only(cfg):
+    """FP8Weight kernels run weight-only: activations stay in the compute dtype, so no FP8 recipe may be on."""
+    if cfg.fp8 != "none":
+        raise ValueError(f"ModelConfig.fp8={cfg.fp8!r} with FP8Weight kernels (an FP8 checkpoint loaded with "
+                         "keep_fp8=True): those run the weight-only FP8 matmul; set fp8='none', or load with "
+                         "keep_fp8=False to dequantize them")
 
 
 def fp8_kernel(module: nn.Module, name: str, kernel, cfg):
@@ -53,6 +68,8 @@ def _kernel_and_meta(w, cfg):
 
 def matmul(x: jnp.ndarray, kernel: jnp.ndarray, dtype) -> jnp.ndarray:
     """x [..., I] · kernel [I, O] in the compute dtype (fp32 accumulation where the backend supports it)."""
+    if is_fp8_weight(kernel):
+        return weight_only_matmul(x, kernel, dtype)
     return tokens_matmul(x, kernel, dtype)
 
 
@@ -60,7 +77,13 @@ def matmul_fn(cfg):
     """The `mm(x, w)` every Linear of MLA and the MLPs uses, chosen once from the config (cfg.fp8; "none" is
     `matmul`); w is a kernel or a MetaKernel."""
     mm = make_matmul(cfg.fp8, dtype=jnp.dtype(cfg.dtype), impl=cfg.fp8_impl)
-    return lambda x, w: mm(x, *_kernel_and_meta(w, cfg))
+
+    def fn(x, w):
+        if is_fp8_weight(w):
+            _weight_only(cfg)
+            return weight_only_matmul(x, w, jnp.dtype(cfg.dtype))
+        return mm(x, *_kernel_and_meta(w, cfg))
+    return fn
 
 
 def operand_views_fn(cfg):
@@ -68,7 +91,13 @@ def operand_views_fn(cfg):
     from its input to the activation it multiplies (identities without FP8); w is a kernel or a MetaKernel.
     For code that regroups a Linear's product (MLA's absorbed decode path) with the Linear's numerics."""
     views = make_operand_views(cfg.fp8, dtype=jnp.dtype(cfg.dtype))
-    return lambda w: views(*_kernel_and_meta(w, cfg))
+
+    def fn(w):
+        if is_fp8_weight(w):  # weight-only: the kernel the FP8 product multiplies by, activations as they are
+            _weight_only(cfg)
+            return w.dequantize(jnp.float32), lambda x: x.astype(jnp.dtype(cfg.dtype))
+        return views(*_kernel_and_meta(w, cfg))
+    return fn
 
 
 def grouped_matmul_fn(cfg):
@@ -76,6 +105,9 @@ def grouped_matmul_fn(cfg):
     gmm = make_ragged_dot(cfg.fp8, dtype=jnp.dtype(cfg.dtype))
 
     def fn(x, w, sizes):
+        if is_fp8_weight(w):
+            _weight_only(cfg)
+            return weight_only_ragged_dot(x, w, sizes, jnp.dtype(cfg.dtype))
         kernel, meta = _kernel_and_meta(w, cfg)
         return gmm(x, kernel, sizes, meta)
     return fn

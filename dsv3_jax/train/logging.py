@@ -1,4 +1,4 @@
-"""Observability: metrics.jsonl + TensorBoard event files, and a one-line progress bar.
+"""Observability files: metrics.jsonl + TensorBoard event files + summary.json (the console is console.py).
 
 metrics.jsonl holds one strict-JSON object per line, {"step", "kind": "train" | "eval", metric: value, ...}: a
 NaN/inf value is written as null and its name listed under "nonfinite". Each step appears once per kind: a
@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
-import time
 
 import numpy as np
 
@@ -89,24 +87,12 @@ class MetricsWriter:
             self._tb.close()
 
 
-class Progress:
-    """`step/total loss tok/s lr ETA`, redrawn in place on a terminal, one line per update otherwise."""
-
-    def __init__(self, total: int, start: int, tokens_per_step: int, stream=sys.stderr):
-        self.total, self.start, self.tokens_per_step, self.stream = total, start, tokens_per_step, stream
-        self.t0 = time.time()
-        self.tty = getattr(stream, "isatty", lambda: False)()
-
-    def update(self, step: int, loss: float, lr: float):
-        done = step - self.start
-        elapsed = max(time.time() - self.t0, 1e-9)
-        rate = done / elapsed
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
-        line = (f"step {step}/{self.total} loss {loss:.4f} {rate * self.tokens_per_step:,.0f} tok/s "
-                f"lr {lr:.2e} ETA {eta:,.0f}s")
-        self.stream.write(("\r" + line + " " * 4) if self.tty else line + "\n")
-        self.stream.flush()
-
-    def close(self):
-        if self.tty:
-            self.stream.write("\n")
+def write_summary(workdir: str, summary: dict) -> str:
+    """workdir/summary.json: the end-of-run numbers (final eval, step, throughput) as strict JSON."""
+    path = os.path.join(workdir, "summary.json")
+    row = to_python({k: v for k, v in summary.items() if not isinstance(v, str)})
+    row.update({k: v for k, v in summary.items() if isinstance(v, str)})
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(row, f, indent=1, allow_nan=False)
+    os.replace(path + ".tmp", path)
+    return path

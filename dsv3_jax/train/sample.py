@@ -10,13 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dsv3_jax.data.tokenizers import ByteTokenizer
 from dsv3_jax.model import DeepSeekV3
-from dsv3_jax.data import tokenizer
 
 
-def greedy_sample(cfg, variables, prompt: str, max_new_tokens: int, window: int) -> str:
-    """Prompt + up to max_new_tokens greedy bytes, stopping at EOS; the context is the last `window` tokens.
-    `variables`: the model's collections (TrainState.variables())."""
+def greedy_sample(cfg, variables, prompt: str, max_new_tokens: int, window: int, tokenizer=None) -> str:
+    """Prompt + up to max_new_tokens greedy tokens, stopping at EOS; the context is the last `window` tokens.
+    `variables`: the model's collections (TrainState.variables()); `tokenizer`: the run's (default: bytes).
+    The prompt starts with BOS, as every training document does."""
+    tok = tokenizer or ByteTokenizer()
     model = DeepSeekV3(cfg)
 
     @jax.jit
@@ -24,13 +26,13 @@ def greedy_sample(cfg, variables, prompt: str, max_new_tokens: int, window: int)
         logits = model.apply(variables, buf).logits
         return jnp.argmax(logits[0, last])
 
-    ids = list(tokenizer.encode(prompt, bos=True))
+    ids = list(tok.encode(prompt, bos=tok.bos_id is not None))
     for _ in range(max_new_tokens):
         ctx = ids[-window:]
-        buf = np.full((1, window), tokenizer.PAD_ID, np.int32)
+        buf = np.full((1, window), tok.pad_id, np.int32)
         buf[0, :len(ctx)] = ctx
-        tok = int(next_token(jnp.asarray(buf), len(ctx) - 1))
-        if tok == tokenizer.EOS_ID:
+        token = int(next_token(jnp.asarray(buf), len(ctx) - 1))
+        if token in tok.eos_ids:
             break
-        ids.append(tok)
-    return tokenizer.decode(ids)
+        ids.append(token)
+    return tok.decode(ids)

@@ -39,9 +39,9 @@ def load_stats(counts):
     return jnp.max(loads, axis=-1) / mean, jnp.min(loads, axis=-1) / mean
 
 
-def loss_fn(params, fp8_meta, router, batch, cfg, lam, alpha, parallel=None):
+def loss_fn(params, fp8_meta, router, batch, cfg, lam, alpha, parallel=None, pad_id=PAD_ID):
     out = DeepSeekV3(cfg, parallel).apply(model_variables(params, router, fp8_meta), batch["inputs"])
-    mask = batch["targets"] != PAD_ID
+    mask = batch["targets"] != pad_id  # the run tokenizer's padding (data/tokenizers.py)
     ce = losses.cross_entropy(out.logits, batch["targets"], mask)
     mtp = losses.mtp_loss(out.mtp_logits, batch["targets"], mask, lam)
     bal = losses.balance_loss(out.aux, alpha)
@@ -49,14 +49,14 @@ def loss_fn(params, fp8_meta, router, batch, cfg, lam, alpha, parallel=None):
                                 comm=out.aux.get("comm_bytes"))
 
 
-def train_step(state: TrainState, batch, *, cfg, optimizer, train_cfg, parallel=None):
+def train_step(state: TrainState, batch, *, cfg, optimizer, train_cfg, parallel=None, pad_id=PAD_ID):
     """One optimizer step and one bias update; returns (new state, metrics). `parallel`: the expert-parallel
-    context (layers/moe/ep.py), built once by make_train_step.
+    context (layers/moe/ep.py), built once by make_train_step; pad_id: the run tokenizer's (masked targets).
 
     The FP8 amax histories (if any) are differentiated too: their "gradient" is their next value."""
     lam, gamma = step_weights(state.step, train_cfg)
     (loss, aux), (grads, fp8_meta) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-        state.params, state.fp8_meta, state.router, batch, cfg, lam, train_cfg.balance_alpha, parallel)
+        state.params, state.fp8_meta, state.router, batch, cfg, lam, train_cfg.balance_alpha, parallel, pad_id)
     return apply_gradients(state, loss, aux, grads, lam, gamma, cfg=cfg, optimizer=optimizer, train_cfg=train_cfg,
                            fp8_meta=fp8_meta)
 
@@ -94,11 +94,11 @@ def expert_parallel(cfg, batch_sharding=None):
     return make_expert_parallel(cfg, None if batch_sharding is None else batch_sharding.mesh)
 
 
-def make_train_step(cfg, optimizer, train_cfg, state_sharding=None, batch_sharding=None):
+def make_train_step(cfg, optimizer, train_cfg, state_sharding=None, batch_sharding=None, pad_id=PAD_ID):
     """jit(train_step) with the state donated; with shardings (train/layout.py) the state keeps its
     layout and the metrics come back replicated."""
     fn = functools.partial(train_step, cfg=cfg, optimizer=optimizer, train_cfg=train_cfg,
-                           parallel=expert_parallel(cfg, batch_sharding))
+                           parallel=expert_parallel(cfg, batch_sharding), pad_id=pad_id)
     if state_sharding is None:
         return jax.jit(fn, donate_argnums=(0,))
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
@@ -106,25 +106,33 @@ def make_train_step(cfg, optimizer, train_cfg, state_sharding=None, batch_shardi
                    out_shardings=(state_sharding, replicated))
 
 
-def eval_step(state: TrainState, batch, *, cfg, parallel=None):
-    """Sums for the eval metrics: byte NLL (nats) and count over byte targets, MTP depth-1 hits and count,
-    expert counts. Summed (not averaged) so batches of different fill combine exactly."""
+def eval_step(state: TrainState, batch, *, cfg, parallel=None, pad_id=PAD_ID, token_bytes=None):
+    """Sums for the eval metrics: NLL (nats) and the text bytes of the targets, MTP depth-1 hits and count,
+    expert counts. Summed (not averaged) so batches of different fill combine exactly. Byte tokenizer
+    (token_bytes None): NLL and count over byte targets. A checkpoint's tokenizer: NLL over every non-pad
+    target and the UTF-8 bytes each stands for (token_bytes [V], data/tokenizers.py), so that bits per byte
+    compare across tokenizers."""
     out = DeepSeekV3(cfg, parallel).apply(state.variables(), batch["inputs"])
     targets = batch["targets"]
-    byte = (targets < 256).astype(jnp.float32)
     logp = jax.nn.log_softmax(out.logits, axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    sums = dict(nll=jnp.sum(nll * byte), bytes=jnp.sum(byte))
+    if token_bytes is None:
+        byte = (targets < 256).astype(jnp.float32)
+        sums = dict(nll=jnp.sum(nll * byte), bytes=jnp.sum(byte))
+    else:
+        real = (targets != pad_id).astype(jnp.float32)
+        sums = dict(nll=jnp.sum(nll * real), bytes=jnp.sum(jnp.asarray(token_bytes)[targets] * real))
     if cfg.mtp_depth:
         # MTP depth 1 at position i predicts t_{i+2} = targets[i+1]: the second-token acceptance proxy.
         hit = jnp.argmax(out.mtp_logits[0][:, :-1], axis=-1) == targets[:, 1:]
-        valid = (targets[:, 1:] != PAD_ID).astype(jnp.float32)
+        valid = (targets[:, 1:] != pad_id).astype(jnp.float32)
         sums.update(mtp_hits=jnp.sum(hit * valid), mtp_count=jnp.sum(valid))
     return sums, out.aux["expert_counts"]
 
 
-def make_eval_step(cfg, state_sharding=None, batch_sharding=None):
-    fn = functools.partial(eval_step, cfg=cfg, parallel=expert_parallel(cfg, batch_sharding))
+def make_eval_step(cfg, state_sharding=None, batch_sharding=None, pad_id=PAD_ID, token_bytes=None):
+    fn = functools.partial(eval_step, cfg=cfg, parallel=expert_parallel(cfg, batch_sharding), pad_id=pad_id,
+                           token_bytes=token_bytes)
     if state_sharding is None:
         return jax.jit(fn)
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())

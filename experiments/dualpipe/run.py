@@ -67,7 +67,7 @@ def plots(out_dir: str) -> list[str]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)), help="output directory")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG timelines (no matplotlib needed)")
+    p.add_argument("--no_plots", "--no-plots", action="store_true", help="skip the PNG timelines (no matplotlib needed)")
     args = p.parse_args(argv)
     text = table(rows())
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as f:

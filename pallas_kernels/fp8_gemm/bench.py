@@ -1,6 +1,6 @@
 """Benchmark of the blockwise FP8 GEMM against XLA's bf16 dot and XLA's per-tensor FP8 dot (same run).
 
-    python -m pallas_kernels.fp8_gemm.bench [--quick] [--sweep] [--no-triton] [--out FILE.md] [--readme README.md]
+    python -m pallas_kernels.fp8_gemm.bench [--quick] [--sweep] [--no_triton] [--out FILE.md] [--readme README.md]
 
 Shapes: 8192³ and the DeepSeek-V3 shapes M=4096, (N, K) in docs/paper.md §6 (DeepGEMM's table). Every kernel sees
 the same random bf16 inputs quantized the V3 way (x 1x128, w 128x128, E4M3); XLA bf16 multiplies the bf16
@@ -147,7 +147,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="only 8192³ and 4096x7168x16384")
     p.add_argument("--sweep", action="store_true", help="tune the Mosaic tile config on the two bar shapes first")
-    p.add_argument("--no-triton", action="store_true")
+    p.add_argument("--no_triton", "--no-triton", action="store_true")
     p.add_argument("--out", default=None, help="write the markdown table here")
     p.add_argument("--readme", default=None, help="append the table to this README (e.g. pallas_kernels/README.md)")
     p.add_argument("--date", default=datetime.date.today().isoformat())

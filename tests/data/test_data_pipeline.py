@@ -1,8 +1,9 @@
-"""grain pipeline: seeded shuffle, exact resume, per-host shards, deterministic val, make_datasets."""
+"""The batch pipeline (prefetching iterator): seeded shuffle, exact resume, per-host shards, deterministic val, make_datasets."""
 
 import collections
 import json
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -177,28 +178,41 @@ def test_make_datasets_files_end_to_end(tmp_path):
     assert packing.document_segments(val[0]["inputs"])[0].max() >= 1
 
 
-def test_backends_give_identical_batches_and_share_state(monkeypatch):
-    pytest.importorskip("grain")
-    by_grain = pipeline.TrainIterator(STREAM, T, 6, 9, backend="grain")
-    by_numpy = pipeline.TrainIterator(STREAM, T, 6, 9, backend="numpy")
-    assert [window_ids(b) for b in take(by_grain, 12)] == [window_ids(b) for b in take(by_numpy, 12)]
-    assert by_grain.get_state() == by_numpy.get_state()
+def test_prefetcher_computes_ahead_with_the_same_items_and_state():
+    calls, ready = [], threading.Event()
+
+    def fn(k):
+        calls.append(k)
+        if k == 2:
+            ready.set()
+        return k * 10
+
+    it = pipeline.Prefetcher(fn, depth=2)
+    assert next(it) == 0 and it.get_state() == {"next_index": 1}
+    assert ready.wait(10)  # items 1 and 2 were computed on the worker before anyone asked for them
+    assert take(it, 3) == [10, 20, 30] and it.get_state() == {"next_index": 4}
+    it.set_state({"next_index": 7})  # resume: pending items are dropped, the order restarts at 7
+    assert take(it, 2) == [70, 80] and it.get_state() == {"next_index": 9}
+
+
+def test_prefetching_iterator_equals_direct_batches_and_resumes():
+    it = pipeline.TrainIterator(STREAM, T, 6, 9)
+    order = pipeline.sampler.WindowOrder(N_WINDOWS, 6, 9)
+    direct = pipeline.batch_fn(STREAM, T, order, slice(0, 6))
+    assert [window_ids(b) for b in take(it, 12)] == [window_ids(direct(k)) for k in range(12)]
     resumed = pipeline.TrainIterator(STREAM, T, 6, 9, backend="numpy")
-    resumed.set_state(by_grain.get_state())
-    assert window_ids(next(resumed)) == window_ids(next(by_grain))
+    resumed.set_state(it.get_state())
+    assert window_ids(next(resumed)) == window_ids(next(it)) == window_ids(direct(12))
 
 
-def test_backend_without_grain(monkeypatch):
-    monkeypatch.setattr(pipeline, "grain", None)
-    with pytest.raises(ValueError, match="pip install grain"):
-        pipeline.TrainIterator(STREAM, T, 6, 9, backend="grain")
+def test_backend_values():
     with pytest.raises(ValueError, match="data.backend='tf'"):
         pipeline.TrainIterator(STREAM, T, 6, 9, backend="tf")
-    it = pipeline.TrainIterator(STREAM, T, 6, 9)  # auto falls back to the built-in iterator
+    with pytest.raises(ValueError, match="'grain' backend was removed"):
+        pipeline.DataConfig(backend="grain")
+    it = pipeline.TrainIterator(STREAM, T, 6, 9)
     assert window_ids(next(it)) == window_ids(next(pipeline.TrainIterator(STREAM, T, 6, 9, backend="numpy")))
     assert it.get_state()["next_batch"] == 1
-
-
 def test_make_datasets_takes_config_dicts():
     ml_collections = pytest.importorskip("ml_collections")
     data_cfg, train_cfg = cfg(dict(source="synthetic", path="", val_fraction=0.1, synthetic_bytes=20_000))

@@ -43,3 +43,13 @@ def test_runner_writes_table_and_plot(tmp_path):
     table = (tmp_path / "runs/group_routing/results.md").read_text()
     assert "| limited_2_of_4 |" in table and "val_bits_per_byte" in table
     assert (tmp_path / "runs/group_routing/loss.png").stat().st_size > 1000
+
+
+def test_missing_plot_package_is_an_error_before_anything_trains(tmp_path, monkeypatch, capsys):
+    real_find_spec = runner.importlib.util.find_spec
+    monkeypatch.setattr(runner.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
+    assert runner.main(["--ablation=mtp_depth", "--config=configs/tiny.py", f"--workdir={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("experiments.runner: error: ") and "needs matplotlib" in err and ".[viz]" in err
+    assert os.listdir(tmp_path) == []  # no variant started

@@ -4,7 +4,7 @@ Every backend computes Σ_k g_k · FFN_{e_k}(x) for each token exactly, with no 
 (V3 report §2.1.2 "No Token-Dropping"); they differ in speed and memory only:
 
     "dense"    every expert on every token, masked by the routing weights (the per-expert reference)
-    "blocked"  sort by expert + block-padded batched matmul (fast on XLA:CPU)          dispatch.py
+    "blocked"  sort by expert + a loop of per-block GEMMs (fast on XLA:CPU)   dispatch.py, block_loop.py
     "ragged"   sort by expert + grouped GEMM jax.lax.ragged_dot (GPU; the FP8 GEMMs)   dispatch.py
     "ep"       expert parallelism over the mesh's expert axis (all-to-all exchange)    ep.py
     "auto"     resolved once at set-up (layers/resolve.py): "ragged" on GPU/TPU or with FP8, "blocked" on CPU

@@ -12,6 +12,7 @@ Legend: B batch, T positions, N = B·T tokens, D model dim, E routed experts, F 
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from dsv3_jax import param_tree as pt
@@ -69,11 +70,13 @@ class MoE(nn.Module):
             bias = self.variable(pt.ROUTER, pt.BIAS, jnp.zeros, (c.n_routed_experts,), jnp.float32).value
         # Tokens stay split over the batch axes (they are the batch's rows, flattened).
         tokens = sharding.constrain(x.reshape(b * t, d), sharding.TOKENS_EMBED, mesh)
-        r = router.route(tokens, gate_w, bias, score_func=c.score_func, n_groups=c.n_expert_groups,
-                         topk_groups=c.n_limited_groups, k=c.n_activated_experts, route_scale=c.route_scale)
+        with jax.named_scope("router"):  # profiler trace names (V3 report Figure 2)
+            r = router.route(tokens, gate_w, bias, score_func=c.score_func, n_groups=c.n_expert_groups,
+                             topk_groups=c.n_limited_groups, k=c.n_activated_experts, route_scale=c.route_scale)
         y, comm = RoutedExperts(c, self.parallel, name=pt.ROUTED)(tokens, r.weights, r.experts)
         if c.n_shared_experts:
-            y = y + MLP(c, c.n_shared_experts * c.moe_inter_dim, mesh, name=pt.SHARED)(tokens)
+            with jax.named_scope("shared_experts"):
+                y = y + MLP(c, c.n_shared_experts * c.moe_inter_dim, mesh, name=pt.SHARED)(tokens)
         f, p = router.balance_terms(r.scores.reshape(b, t, -1), r.experts.reshape(b, t, -1),
                                     c.n_routed_experts, c.n_activated_experts)
         stats = {"counts": router.expert_counts(r.experts, c.n_routed_experts), "balance_f": f, "balance_p": p}
