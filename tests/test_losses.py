@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -46,3 +47,25 @@ def test_balance_loss():
     got = losses.balance_loss({"balance_f": jnp.asarray(f), "balance_p": jnp.asarray(p)}, 1e-4)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert float(losses.balance_loss({}, 1e-4)) == 0.0
+
+
+def test_cross_entropy_gradient_equals_autodiff_of_log_softmax():
+    rng = np.random.default_rng(7)
+    logits = jnp.asarray(rng.normal(size=(3, 5, 11)) * 3, jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 11, (3, 5)), jnp.int32)
+    mask = jnp.asarray(rng.uniform(size=(3, 5)) > 0.3, jnp.float32)
+
+    def plain(x):
+        logp = jax.nn.log_softmax(x, axis=-1)
+        nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+        return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+    value, grad = jax.value_and_grad(lambda x: 2.0 * losses.cross_entropy(x, targets, mask))(logits)
+    want_value, want_grad = jax.value_and_grad(lambda x: 2.0 * plain(x))(logits)
+    np.testing.assert_allclose(value, want_value, rtol=1e-6)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-7)
+    g16 = jax.grad(lambda x: losses.cross_entropy(x, targets, mask))(logits.astype(jnp.bfloat16))
+    assert g16.dtype == jnp.bfloat16  # the cotangent keeps the logits' dtype
+    np.testing.assert_allclose(np.asarray(g16, np.float32), jax.grad(plain)(logits), atol=2e-2)
+    zero = jax.grad(lambda x: losses.cross_entropy(x, targets, jnp.zeros_like(mask)))(logits)
+    assert float(jnp.max(jnp.abs(zero))) == 0.0  # fully masked: no gradient, no NaN
