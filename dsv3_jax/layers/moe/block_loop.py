@@ -35,6 +35,7 @@ class Blocks:
         j = jnp.arange(self.count, dtype=jnp.int32)
         expert = jnp.clip(jnp.searchsorted(jnp.cumsum(per_expert), j, side="right"), 0, e - 1).astype(jnp.int32)
         local = j - first_block[expert]
+        self.first_block, self.first_row = first_block, first_row
         self.used = jnp.sum(per_expert).astype(jnp.int32)
         self.expert = expert
         self.row = (first_row[expert] + local * block).astype(jnp.int32)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from dsv3_jax.layers.linear import kernel_of
-from dsv3_jax.layers.moe import block_loop
+from dsv3_jax.layers.moe import block_gather, block_loop
 
 
 def _rows(a, index):
@@ -75,16 +75,22 @@ def block_rows(m: int, n_experts: int) -> int:
     return min((1 << i for i in range(8)), key=cost)
 
 
+LOOP_MIN_ROWS = 64  # blocks of at least this many rows loop over GEMMs (training); smaller ones (decoding) batch
+
+
 def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int | None = None):
-    """Like routed_experts_ragged, with the grouped GEMM done block by block (block_loop.py): each expert's
-    sorted rows are cut into blocks of `block` rows (default: block_rows), one plain GEMM chain per block."""
+    """Like routed_experts_ragged, with the grouped GEMM done block by block: each expert's sorted rows are cut
+    into blocks of `block` rows (default: block_rows); large blocks run as a loop of plain GEMM chains
+    (block_loop.py), small ones as one batched matmul over gathered weights (block_gather.py)."""
     n, k = experts.shape
     e = w1.shape[0]
     with jax.named_scope("dispatch"):  # profiler trace names (V3 report Figure 2)
         order, inverse, sizes = sort_assignments(experts, e)
         xs = _rows(x, order // k)
     with jax.named_scope("experts"):
-        ys = block_loop.looped_swiglu(xs, sizes, w1, w2, w3, block or block_rows(n * k, e), jnp.dtype(dtype))
+        block = block or block_rows(n * k, e)
+        swiglu = block_loop.looped_swiglu if block >= LOOP_MIN_ROWS else block_gather.gathered_swiglu
+        ys = swiglu(xs, sizes, w1, w2, w3, block, jnp.dtype(dtype))
     with jax.named_scope("combine"):
         y = _rows(ys, inverse).reshape(n, k, -1)
         return jnp.einsum("nkd,nk->nd", y, weights.astype(dtype))

@@ -1,11 +1,12 @@
-"""layers/moe/block_loop.py: the block bookkeeping, and the looped grouped SwiGLU against a per-row loop."""
+"""layers/moe/block_loop.py and block_gather.py: the block bookkeeping, and both blocked grouped SwiGLUs (a loop
+of GEMMs, one batched matmul over gathered weights) against a per-row loop and plain autodiff."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dsv3_jax.layers.moe import block_loop
+from dsv3_jax.layers.moe import block_gather, block_loop
 
 
 @pytest.mark.parametrize("sizes,block", [([5, 0, 7, 1], 4), ([0, 0, 12, 0], 3), ([3, 3, 3, 3], 1),
@@ -31,14 +32,15 @@ def _per_row(xs, sizes, w1, w2, w3):
     return np.stack(out) if out else np.zeros((0, w2.shape[2]))
 
 
+@pytest.mark.parametrize("swiglu", [block_loop.looped_swiglu, block_gather.gathered_swiglu])
 @pytest.mark.parametrize("block", [1, 3, 8])
-def test_looped_swiglu_value_and_gradients(block):
+def test_blocked_swiglu_value_and_gradients(block, swiglu):
     rng = np.random.default_rng(0)
     sizes = np.array([4, 0, 9, 1, 6], np.int32)  # an empty expert, blocks that straddle experts
     m, d, f = int(sizes.sum()), 6, 5
     xs = rng.normal(size=(m, d)).astype(np.float32)
     ws = [rng.normal(size=s).astype(np.float32) * 0.4 for s in ((5, d, f), (5, f, d), (5, d, f))]
-    run = jax.jit(lambda xs, *w: block_loop.looped_swiglu(xs, jnp.asarray(sizes), *w, block, jnp.dtype("float32")))
+    run = jax.jit(lambda xs, *w: swiglu(xs, jnp.asarray(sizes), *w, block, jnp.dtype("float32")))
     np.testing.assert_allclose(run(xs, *ws), _per_row(xs.astype(np.float64), sizes, *ws), rtol=1e-5, atol=1e-5)
 
     cot = rng.normal(size=(m, d)).astype(np.float32)
