@@ -87,3 +87,18 @@ def test_query_block_sizes():
     assert ac.query_block(4096, 4096, 128, 1) < 4096  # V3 at 4K: 8 GiB of scores per sequence -> blocked
     assert ac.query_block(4096, 4096, 128, 1) * 128 * 4096 * 4 <= max(ac_bytes, ac.MIN_QUERY_BLOCK * 128 * 4096 * 4)
     assert ac.query_block(16, 16, 4, 2) == 16
+
+
+def test_masked_attention_closed_form_gradient_with_empty_rows():
+    # Padding rows see no key at all: zeros out and no gradient through them, as the plain reference does.
+    q, k, v, mask = _inputs(12, seed=4, segments=False)
+    mask = mask.at[:, 3:5].set(False)
+    np.testing.assert_allclose(ac.masked_attention(q, k, v, mask, 0.3), _plain(q, k, v, mask, 0.3), atol=2e-5)
+    loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v, mask, 0.3)))  # noqa: E731
+    for got, want in zip(jax.grad(loss(ac.masked_attention), argnums=(0, 1, 2))(q, k, v),
+                         jax.grad(loss(_plain), argnums=(0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+    out = ac.masked_attention(q, k, v, mask, 0.3)
+    assert float(jnp.max(jnp.abs(out[:, 3:5]))) == 0.0
+    g = jax.grad(lambda q: jnp.sum(ac.masked_attention(q, k, v, mask, 0.3) ** 2))(q)
+    assert np.isfinite(np.asarray(g)).all() and float(jnp.max(jnp.abs(g[:, 3:5]))) == 0.0
