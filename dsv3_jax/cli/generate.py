@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import codecs
 import sys
-import time
 
 from dsv3_jax import config_args
 from dsv3_jax.cli import hf_generate  # no jax at import: flags are parsed first
@@ -48,10 +47,8 @@ def run(workdir, prompts, *, config=None, max_new_tokens=200, sampling=None, see
     if not prompts:
         raise ValueError("--prompt: expected at least one prompt")
     from dsv3_jax.data import tokenizer
-    from dsv3_jax.infer.generate import generate
     from dsv3_jax.infer.restore import load_workdir
     from dsv3_jax.infer.sampling import SamplingParams
-    from dsv3_jax.infer.speculative import speculative_generate
 
     cfg, variables, step = load_workdir(workdir, config, step)
     if model is not None:
@@ -74,23 +71,13 @@ def run(workdir, prompts, *, config=None, max_new_tokens=200, sampling=None, see
     kwargs = dict(max_new_tokens=max_new_tokens, sampling=sampling or SamplingParams(), seed=seed,
                   stop_tokens=stop_tokens, absorb=absorb, on_tokens=(lambda new: stream.write(new[0])) if stream
                   else None)
-    start = time.perf_counter()
-    if speculative:
-        result, stats = speculative_generate(cfg, variables, ids, **kwargs)
-    else:
-        result, stats = generate(cfg, variables, ids, **kwargs), None
-    seconds = time.perf_counter() - start
+    result, stats, seconds = hf_generate.timed_generate(cfg, variables, ids, speculative, **kwargs)
     if stream:
         stream.close()
     else:
         for p, seq in zip(prompts, result.sequences()):
             out.write(p + tokenizer.decode(seq) + "\n---\n")
-    n = int(result.num_tokens.sum())
-    msg = f"[step {step}] {n} tokens in {seconds:.2f} s ({n / seconds:.1f} tok/s incl. compile)"
-    if stats is not None:
-        msg += (f"; acceptance {stats.acceptance_rate:.3f}, {stats.tokens_per_step:.2f} tokens per main-model "
-                "step")
-    err.write(msg + "\n")
+    hf_generate.report(err, f"step {step}", result, stats, seconds)
     return result
 
 

@@ -27,6 +27,28 @@ def check_request(cfg, ids, max_new_tokens, stop_tokens, speculative):
     cache_length(cfg, tokens.shape[1], max_new_tokens + (cfg.mtp_depth + 1 if speculative else 0))
 
 
+def timed_generate(cfg, variables, ids, speculative: bool, **kwargs):
+    """(GenerateResult, speculative stats or None, seconds) of plain or MTP speculative generation."""
+    from dsv3_jax.infer.generate import generate
+    from dsv3_jax.infer.speculative import speculative_generate
+
+    start = time.perf_counter()
+    if speculative:
+        result, stats = speculative_generate(cfg, variables, ids, **kwargs)
+    else:
+        result, stats = generate(cfg, variables, ids, **kwargs), None
+    return result, stats, time.perf_counter() - start
+
+
+def report(err, label: str, result, stats, seconds: float) -> None:
+    """The one stderr line after generating: tokens, seconds, tok/s (and the drafts' acceptance)."""
+    n = int(result.num_tokens.sum())
+    msg = f"[{label}] {n} tokens in {seconds:.2f} s ({n / seconds:.1f} tok/s incl. compile)"
+    if stats is not None:
+        msg += f"; acceptance {stats.acceptance_rate:.3f}, {stats.tokens_per_step:.2f} tokens per main-model step"
+    err.write(msg + "\n")
+
+
 def prompt_ids(tok, prompts, chat: bool) -> list[list[int]]:
     """Token ids of each prompt: as the tokenizer encodes text, or a chat turn through its template."""
     if not chat:
@@ -39,9 +61,7 @@ def run_text(cfg, variables, tok, prompts, *, chat=False, max_new_tokens=200, sa
              stop_tokens=None, speculative=False, absorb=True, out=None, err=None, label=""):
     """Generate from `prompts` (text) with tokenizer `tok`; prints the text (streamed for one prompt) and a
     timing line; returns the GenerateResult."""
-    from dsv3_jax.infer.generate import generate
     from dsv3_jax.infer.sampling import SamplingParams
-    from dsv3_jax.infer.speculative import speculative_generate
 
     out, err = out or sys.stdout, err or sys.stderr
     if max_new_tokens < 1:
@@ -62,22 +82,13 @@ def run_text(cfg, variables, tok, prompts, *, chat=False, max_new_tokens=200, sa
 
     kwargs = dict(max_new_tokens=max_new_tokens, sampling=sampling or SamplingParams(), seed=seed, stop_tokens=stop,
                   absorb=absorb, pad_id=tok.pad_id, on_tokens=on_tokens if stream else None)
-    start = time.perf_counter()
-    if speculative:
-        result, stats = speculative_generate(cfg, variables, ids, **kwargs)
-    else:
-        result, stats = generate(cfg, variables, ids, **kwargs), None
-    seconds = time.perf_counter() - start
+    result, stats, seconds = timed_generate(cfg, variables, ids, speculative, **kwargs)
     if stream:
         out.write(stream.close() + "\n")
     else:
         for p, seq in zip(prompts, result.sequences()):
             out.write(p + tok.decode(seq) + "\n---\n")
-    n = int(result.num_tokens.sum())
-    msg = f"[{label}] {n} tokens in {seconds:.2f} s ({n / seconds:.1f} tok/s incl. compile)"
-    if stats is not None:
-        msg += f"; acceptance {stats.acceptance_rate:.3f}, {stats.tokens_per_step:.2f} tokens per main-model step"
-    err.write(msg + "\n")
+    report(err, label, result, stats, seconds)
     return result
 
 
