@@ -28,8 +28,9 @@ FLAGS = {"dsv3-train": ["--workdir", "--config", "--print_config", "--coordinato
          "dsv3-generate": ["--workdir", "--prompt", "--max_new_tokens", "--top_p", "--speculative", "--step"],
          "dsv3-report": ["--format", "--json", "--seq_len", "--config", "--devices"],
          "dsv3-convert": ["--from_hf", "--to_hf", "--to", "--from", "--keep_fp8", "--shard_size", "--step"],
-         "dsv3-pipeline-sim": ["--schedule", "--pp", "--chunks", "--plot"]}
-WITH_CONFIG = ("dsv3-train", "dsv3-generate", "dsv3-report")
+         "dsv3-pipeline-sim": ["--schedule", "--pp", "--chunks", "--plot"],
+         "dsv3-plan": ["--config", "--program", "--mesh", "--layers", "--accelerator", "--json"]}
+WITH_CONFIG = ("dsv3-train", "dsv3-generate", "dsv3-report", "dsv3-plan")
 
 
 def _main(script):

@@ -25,6 +25,7 @@ import math
 import sys
 import time
 
+from dsv3_jax import config_args
 from dsv3_jax.cli.report import load_config
 from dsv3_jax.parallel.plan import hardware
 from dsv3_jax.parallel.plan.spawn import run_worker
@@ -46,9 +47,8 @@ def parse_mesh(text: str | None) -> dict[str, int] | None:
     return out
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="dsv3-plan", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=False, help="experiment config file (path[:arg])")
+def make_parser() -> argparse.ArgumentParser:
+    p = config_args.make_parser("dsv3-plan", __doc__, config="required")
     p.add_argument("--program", default="auto", choices=PROGRAMS)
     p.add_argument("--mesh", default=None, help="axis=size,... (default: the config's mesh block)")
     p.add_argument("--batch", type=int, default=0, help="global batch in sequences (default: train.batch_size)")
@@ -60,9 +60,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--moe_impl", default=None, help="ModelConfig.moe_impl override (default: ep on an expert axis)")
     p.add_argument("--ep_dispatch", default=None, help="ModelConfig.ep_dispatch override (default: rounds)")
     p.add_argument("--remat", default=None, help="ModelConfig.remat override")
-    p.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
-                   help="a ModelConfig field, e.g. --override=n_layers=11 (repeatable; values parsed as Python "
-                        "literals, else strings)")
     p.add_argument("--layers", type=int, default=0, help="compile with this many MoE layers (and one more) and "
                                                          "extrapolate to the config's depth")
     p.add_argument("--context", type=int, default=32768, help="serve: cache slots per sequence")
@@ -75,29 +72,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds the compile worker may take")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    return p
 
 
-def parse_overrides(items) -> dict:
-    """['n_layers=11', 'dtype=float32'] -> {'n_layers': 11, 'dtype': 'float32'}."""
-    import ast
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise ValueError(f"--override: expected FIELD=VALUE, got {item!r}")
-        try:
-            out[name.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[name.strip()] = value
-    return out
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, with the --config.BLOCK.FIELD=VALUE overrides as args.config_overrides."""
+    args, overrides = config_args.parse(make_parser(), argv)
+    args.config_overrides = list(overrides)
+    return args
 
 
 def build_request(args) -> dict:
     """The worker's request from the flags, validated (errors name the flag)."""
     if not args.config:
         raise ValueError("--config: an experiment config file is required")
-    cd = load_config(args.config)
+    cd = load_config(args.config, args.config_overrides)
     mesh = parse_mesh(args.mesh) or {k: int(v) for k, v in cd.mesh.items()}
     if any(v < 1 for v in mesh.values()):
         raise ValueError(f"--mesh: the config's mesh block {mesh} has a -1 axis; give --mesh explicitly")
@@ -114,13 +103,12 @@ def build_request(args) -> dict:
         raise ValueError("--layers: a positive MoE layer count, for train/serve plans (a pipeline is planned at "
                          "full depth: its compile does not grow with depth)")
     t = cd.train
-    return dict(config=args.config, program=program, mesh=mesh, batch=args.batch or int(t.batch_size),
+    return dict(config=args.config, config_overrides=args.config_overrides, program=program, mesh=mesh, batch=args.batch or int(t.batch_size),
                 seq_len=args.seq_len or int(t.seq_len), schedule=args.schedule or t.get("pipeline_schedule", "dualpipe"),
                 chunks=args.chunks if args.chunks >= 0 else int(t.get("pipeline_chunks", 0)),
                 residuals=args.residuals or t.get("pipeline_residuals", "recompute"),
-                overrides={**parse_overrides(args.override),
-                           **{k: v for k, v in (("fp8", args.fp8), ("moe_impl", args.moe_impl),
-                                                ("ep_dispatch", args.ep_dispatch), ("remat", args.remat)) if v}},
+                overrides={k: v for k, v in (("fp8", args.fp8), ("moe_impl", args.moe_impl),
+                                             ("ep_dispatch", args.ep_dispatch), ("remat", args.remat)) if v},
                 layers=args.layers, context=args.context, prompt=args.prompt, accelerator=args.accelerator,
                 device_memory=device_memory)
 
@@ -131,6 +119,9 @@ def main(argv=None) -> int:
         from dsv3_jax.cli.plan_worker import work
         return work(args.worker)
     try:
+        if args.print_config:
+            config_args.print_config(config_args.experiment(args, args.config_overrides))
+            return 0
         request = build_request(args)
     except ValueError as e:
         sys.stderr.write(f"dsv3-plan: error: {e}\n")

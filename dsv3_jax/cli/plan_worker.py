@@ -64,7 +64,7 @@ def _entry(req, prog, cfg, full_cfg, memory, flops, totals, collectives, remats,
 
 
 def plan(req: dict) -> dict:
-    cd = load_config(req["config"])
+    cd = load_config(req["config"], req.get("config_overrides", ()))
     full = model_for(req, cd)
     if not req["layers"]:
         mesh, cfg, progs = build(req, cd, full)

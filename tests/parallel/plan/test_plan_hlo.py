@@ -170,7 +170,8 @@ def test_sizes_and_cli_errors(capsys):
     assert cli.parse_mesh("fsdp=8,expert=8") == {"fsdp": 8, "expert": 8}
     with pytest.raises(ValueError, match="--mesh"):
         cli.parse_mesh("model=8")
-    assert cli.parse_overrides(["n_layers=4", "dtype=float32"]) == {"n_layers": 4, "dtype": "float32"}
+    args = cli.parse_args(["--config=configs/tiny.py", "--mesh=data=1", "--config.model.n_layers=5"])
+    assert cli.build_request(args)["config_overrides"] == ["--config.model.n_layers=5"]
     assert cli.main(["--config=configs/deepseek_v3.py", "--mesh=fsdp=8", "--program=pipeline"]) == 2
     assert "--program=pipeline needs a mesh with pipe > 1" in capsys.readouterr().err
     assert cli.main(["--config=configs/deepseek_v3.py", "--layers=2"]) == 2

@@ -34,7 +34,7 @@ os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0 --xla_llvm_disab
 from dsv3_jax.cli import plan, plan_worker
 for flags in {cases!r}:
     args = plan.parse_args(["--config=configs/deepseek_v3.py", "--seq_len=64", "--buffers=0"] + flags +
-                           [f"--override={{k}}={{v!r}}" for k, v in {small!r}.items()])
+                           [f"--config.model.{{k}}={{v}}" for k, v in {small!r}.items()])
     req = plan.build_request(args)
     req["buffers"] = 0
     for entry in plan_worker.plan(req)["plans"]:
