@@ -113,7 +113,9 @@ def decoding(cfg, variables, hf, batch: int, prompt: int, new: int, repeats: int
     from dsv3_jax.infer.cache import init_cache
     from dsv3_jax.infer.decode import prefill
     from dsv3_jax.infer.generate import generate
+    from dsv3_jax.infer.layer_split import split_layers
 
+    variables = split_layers(cfg, variables)  # once, as the generate CLI does (infer/layer_split.py)
     prompts = np.random.default_rng(2).integers(0, cfg.vocab_size, (batch, prompt)).astype(np.int32)
     tp = torch.from_numpy(prompts).long()
     lengths = np.full((batch,), prompt, np.int32)

@@ -6,14 +6,16 @@ decoding, sampling and MTP speculative decoding (docs/architecture.md "Data path
     cache, logits = decode_step(cfg, variables, cache, next_tokens)
     result = generate(cfg, variables, prompts, max_new_tokens=64, sampling=SamplingParams(temperature=0.8))
     result, stats = speculative_generate(cfg, variables, prompts, max_new_tokens=64)
+    variables = split_layers(cfg, variables)                      # layer_split.py: once, for repeated calls
 """
 
 from dsv3_jax.infer.cache import KVCache, cache_bytes, cache_bytes_per_token, init_cache
 from dsv3_jax.infer.decode import decode_step, extend, prefill
 from dsv3_jax.infer.generate import GenerateResult, generate
+from dsv3_jax.infer.layer_split import LayerSplit, join_layers, split_layers
 from dsv3_jax.infer.sampling import SamplingParams, sample, token_probs
 from dsv3_jax.infer.speculative import SpecStats, speculative_generate
 
 __all__ = ["KVCache", "cache_bytes", "cache_bytes_per_token", "init_cache", "decode_step", "extend", "prefill",
-           "GenerateResult", "generate", "SamplingParams", "sample", "token_probs", "SpecStats",
+           "GenerateResult", "generate", "LayerSplit", "join_layers", "split_layers", "SamplingParams", "sample", "token_probs", "SpecStats",
            "speculative_generate"]

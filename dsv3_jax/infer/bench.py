@@ -28,6 +28,7 @@ from dsv3_jax.model import DeepSeekV3
 from dsv3_jax.infer.cache import cache_bytes_per_token, init_cache
 from dsv3_jax.infer.decode import decode_step, prefill
 from dsv3_jax.infer.generate import generate
+from dsv3_jax.infer.layer_split import split_layers
 from dsv3_jax.infer.speculative import speculative_generate
 
 
@@ -108,6 +109,7 @@ def decode_rows(cfg, variables, batches, contexts, iters, budget):
 def speculative_row(cfg, variables, new_tokens: int, prompt_len: int):
     """Batch-1 greedy generation of new_tokens: plain vs speculative (second run of each, compiled)."""
     prompt = [list(np.random.default_rng(0).integers(0, min(cfg.vocab_size, 256), prompt_len))]
+    variables = split_layers(cfg, variables)
     timed = {}
     for name in ("plain", "speculative"):
         for _ in range(2):  # the first run compiles

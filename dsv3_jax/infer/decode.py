@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dsv3_jax import param_tree as pt
+from dsv3_jax.infer.layer_split import LayerSplit, join_layers
 from dsv3_jax.layers.kv_cache import KVCache
 from dsv3_jax.model import DeepSeekV3
 from dsv3_jax.quant.recipe import FP8_RECIPES
@@ -25,18 +26,25 @@ from dsv3_jax.quant.recipe import FP8_RECIPES
 
 def model_variables(cfg, variables) -> dict:
     """The collections inference needs ({'params', 'router'[, 'fp8_meta']}, unboxed), checked: a model with
-    router biases must come with them (they steer routing)."""
-    if not isinstance(variables, dict) or pt.PARAMS not in variables:
+    router biases must come with them (they steer routing). A LayerSplit (layer_split.py) is joined again."""
+    return join_layers(cfg, check_variables(cfg, variables))
+
+
+def check_variables(cfg, variables):
+    """model_variables without the join: the checked collections, a LayerSplit kept split."""
+    split = isinstance(variables, LayerSplit)
+    tree = variables.tree if split else variables
+    if not isinstance(tree, dict) or pt.PARAMS not in tree:
         raise ValueError(f"variables: expected a dict with 'params' (and 'router'), got "
-                         f"{sorted(variables) if isinstance(variables, dict) else type(variables).__name__}")
-    out = {k: nn.unbox(v) for k, v in variables.items() if k in (pt.PARAMS, pt.ROUTER, pt.FP8_META) and v}
+                         f"{sorted(tree) if isinstance(tree, dict) else type(tree).__name__}")
+    out = {k: nn.unbox(v) for k, v in tree.items() if k in (pt.PARAMS, pt.ROUTER, pt.FP8_META) and v}
     if pt.router_bias_paths(cfg) and pt.MOE not in out.get(pt.ROUTER, {}):
         raise ValueError(f"variables['router']: missing {pt.MOE!r} biases; ModelConfig.router_bias=True needs "
                          "the router collection returned by DeepSeekV3.init / saved in TrainState.router")
     if FP8_RECIPES.get(cfg.fp8).stateful and pt.FP8_META not in out:
         raise ValueError(f"variables: missing the {pt.FP8_META!r} collection; ModelConfig.fp8={cfg.fp8!r} scales "
                          "every FP8 matmul from its trained amax histories (TrainState.variables() has them)")
-    return out
+    return LayerSplit(out) if split else out
 
 
 def extend(cfg, variables, cache: KVCache, tokens):
@@ -80,7 +88,7 @@ def prefill(cfg, variables, tokens, lengths, cache: KVCache, *, all_logits: bool
     position with all_logits=True (positions past a prompt's length are padding). The cache is donated."""
     tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
     check_prompts(tokens, lengths, cache)
-    model_variables(cfg, variables)  # fail before tracing
+    check_variables(cfg, variables)  # fail before tracing
     return _prefill(cfg, variables, tokens.astype(jnp.int32), lengths, cache, all_logits=all_logits)
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from dsv3_jax.layers.linear import kernel_of
-from dsv3_jax.layers.moe import block_gather, block_loop
+from dsv3_jax.layers.moe import block_capacity, block_gather, block_loop
 
 
 def _rows(a, index):
@@ -76,34 +76,61 @@ def block_rows(m: int, n_experts: int) -> int:
 
 
 LOOP_MIN_ROWS = 64  # blocks of at least this many rows loop over GEMMs (training); smaller ones (decoding) batch
+BATCH_WEIGHT_ROWS = 7  # reading one expert's weights in place in a batched matmul, in rows of its work
+BATCH_ROW_COST = 1.6  # a batched-matmul row's cost in blocked rows (measured on XLA:CPU: batched over E vs blocks)
+CAPACITY_MAX_ROWS = 2048  # above this many assignments the two tie, and the loop keeps no E x max_rows branch
+
+
+def capacity_beats_blocks(n: int, k: int, n_experts: int) -> bool:
+    """Whether one batched matmul over every expert's capacity slots (block_capacity.py: E·(BATCH_WEIGHT_ROWS +
+    C) rows at BATCH_ROW_COST each, C the expected rung) costs less than the blocks of the n·k assignments
+    (blocks·(BLOCK_COST_ROWS + b)). With 16 experts top-4: true from 2 to about 1,000 tokens (decoding, small
+    training batches), false for a lone token (it reads k experts, not E) and for larger batches (where the
+    two tie). Fitted on XLA:CPU (2-core Sapphire Rapids, jax 0.10.2) over E 16/64, D 128/256, F 64/256,
+    N 1-2048, forward and backward."""
+    m = n * k
+    if m > CAPACITY_MAX_ROWS:
+        return False
+    b = block_rows(m, n_experts)
+    blocks = -(-(m + n_experts * (b - 1)) // b)
+    cap = block_capacity.expected_capacity(m, n_experts, n)
+    return BATCH_ROW_COST * n_experts * (BATCH_WEIGHT_ROWS + cap) < blocks * (BLOCK_COST_ROWS + b)
 
 
 def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int | None = None):
     """Like routed_experts_ragged, with the grouped GEMM done block by block: each expert's sorted rows are cut
     into blocks of `block` rows (default: block_rows); large blocks run as a loop of plain GEMM chains
-    (block_loop.py), small ones as one batched matmul over gathered weights (block_gather.py)."""
+    (block_loop.py), small ones as one batched matmul over gathered weights (block_gather.py). Where one
+    batched matmul over per-expert capacity slots costs less (capacity_beats_blocks: decoding batches), that
+    runs instead (block_capacity.py)."""
     n, k = experts.shape
     e = w1.shape[0]
     with jax.named_scope("dispatch"):  # profiler trace names (V3 report Figure 2)
         order, inverse, sizes = sort_assignments(experts, e)
         xs = _rows(x, order // k)
     with jax.named_scope("experts"):
-        block = block or block_rows(n * k, e)
-        swiglu = block_loop.looped_swiglu if block >= LOOP_MIN_ROWS else block_gather.gathered_swiglu
-        ys = swiglu(xs, sizes, w1, w2, w3, block, jnp.dtype(dtype))
+        if block is None and capacity_beats_blocks(n, k, e):  # a token's k experts are distinct: <= n rows each
+            ys = block_capacity.capacity_swiglu(xs, sizes, w1, w2, w3, block_capacity.capacities(n * k, e, n),
+                                                block_rows(n * k, e), jnp.dtype(dtype))
+        else:
+            block = block or block_rows(n * k, e)
+            swiglu = block_loop.looped_swiglu if block >= LOOP_MIN_ROWS else block_gather.gathered_swiglu
+            ys = swiglu(xs, sizes, w1, w2, w3, block, jnp.dtype(dtype))
     with jax.named_scope("combine"):
         y = _rows(ys, inverse).reshape(n, k, -1)
         return jnp.einsum("nkd,nk->nd", y, weights.astype(dtype))
 
 
 def routed_experts_dense(x, weights, experts, w1, w2, w3, dtype):
-    """Reference: every expert on every token, combined with the dense [N, E] weight matrix."""
+    """Reference: every expert on every token, combined with the dense [N, E] weight matrix. The tokens are
+    broadcast over the experts so that every matmul is batched over E and reads each expert's weights in place
+    (contracting [N, D] with [E, D, F] directly makes XLA transpose a copy of all the weights first)."""
     n_experts = w1.shape[0]
     with jax.named_scope("dispatch"):  # profiler trace names (V3 report Figure 2)
         combine = jnp.sum(jax.nn.one_hot(experts, n_experts, dtype=jnp.float32) * weights[..., None], axis=1)
-        xd = x.astype(dtype)
+        xe = jnp.broadcast_to(x.astype(dtype)[None], (n_experts,) + x.shape)  # [E, N, D]
     with jax.named_scope("experts"):
-        h = jax.nn.silu(jnp.einsum("nd,edf->enf", xd, w1.astype(dtype))) * jnp.einsum("nd,edf->enf", xd,
+        h = jax.nn.silu(jnp.einsum("end,edf->enf", xe, w1.astype(dtype))) * jnp.einsum("end,edf->enf", xe,
                                                                                        w3.astype(dtype))
         y = jnp.einsum("enf,efd->end", h, w2.astype(dtype))
     with jax.named_scope("combine"):

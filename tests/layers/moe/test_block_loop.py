@@ -1,12 +1,14 @@
-"""layers/moe/block_loop.py and block_gather.py: the block bookkeeping, and both blocked grouped SwiGLUs (a loop
-of GEMMs, one batched matmul over gathered weights) against a per-row loop and plain autodiff."""
+"""layers/moe/block_loop.py, block_gather.py and block_capacity.py: the block bookkeeping, the capacity ladder,
+and the three grouped SwiGLUs of the blocked backend (a loop of GEMMs; one batched matmul over gathered
+weights; one batched matmul over capacity slots, with the loop as its overflow branch) against a per-row loop
+and plain autodiff."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dsv3_jax.layers.moe import block_gather, block_loop
+from dsv3_jax.layers.moe import block_capacity, block_gather, block_loop
 
 
 @pytest.mark.parametrize("sizes,block", [([5, 0, 7, 1], 4), ([0, 0, 12, 0], 3), ([3, 3, 3, 3], 1),
@@ -32,7 +34,26 @@ def _per_row(xs, sizes, w1, w2, w3):
     return np.stack(out) if out else np.zeros((0, w2.shape[2]))
 
 
-@pytest.mark.parametrize("swiglu", [block_loop.looped_swiglu, block_gather.gathered_swiglu])
+def _capacity(max_rows):
+    def swiglu(xs, sizes, w1, w2, w3, block, dtype):
+        caps = block_capacity.capacities(xs.shape[0], sizes.shape[0], max_rows)
+        return block_capacity.capacity_swiglu(xs, sizes, w1, w2, w3, caps, block, dtype)
+    return swiglu
+
+
+@pytest.mark.parametrize("m,e,max_rows,want", [(64, 16, 16, (6, 8, 10, 13, 16)), (4, 16, 1, (1,)),
+                                               (20, 5, 9, (6, 8, 9)), (2048, 16, 512, (140, 175, 219, 274, 512))])
+def test_capacity_ladder(m, e, max_rows, want):
+    caps = block_capacity.capacities(m, e, max_rows)
+    assert caps == want and caps[-1] == max_rows and list(caps) == sorted(set(caps))
+    assert block_capacity.expected_capacity(m, e, max_rows) in caps
+
+
+# The rows below: 5 experts, 20 rows, the largest group 9. Ladder (6, 8, 9): with max_rows 9 the top rung runs;
+# with max_rows 12 (ladder 6, 8, 10, 12) rung 10 does; with max_rows 4 no rung holds 9 and the loop branch runs.
+@pytest.mark.parametrize("swiglu", [block_loop.looped_swiglu, block_gather.gathered_swiglu, _capacity(9),
+                                    _capacity(12), _capacity(4)],
+                         ids=["loop", "gather", "capacity-top", "capacity-mid", "capacity-overflow"])
 @pytest.mark.parametrize("block", [1, 3, 8])
 def test_blocked_swiglu_value_and_gradients(block, swiglu):
     rng = np.random.default_rng(0)

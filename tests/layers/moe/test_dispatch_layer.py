@@ -22,8 +22,18 @@ def _problem(n=24, d=8, f=6, e=5, k=2, seed=0, skew=False):
     return x, w, experts, ws
 
 
+# blocked: its default here is the capacity batch (block_capacity.py); block=4 the gathered batch, 64 the loop.
 SORTED_IMPLS = [dispatch.routed_experts_ragged, dispatch.routed_experts_blocked,
-                lambda *a: dispatch.routed_experts_blocked(*a, block=4)]
+                lambda *a: dispatch.routed_experts_blocked(*a, block=4),
+                lambda *a: dispatch.routed_experts_blocked(*a, block=64)]
+
+
+def test_blocked_backend_path_choice():
+    assert dispatch.capacity_beats_blocks(24, 2, 5)  # the problems below run the capacity batch by default
+    assert dispatch.capacity_beats_blocks(16, 4, 16)  # decoding 16 sequences, V3-like 16 experts top-4
+    assert not dispatch.capacity_beats_blocks(1, 4, 16)  # a lone token reads its 4 experts, not all 16
+    assert not dispatch.capacity_beats_blocks(2048, 4, 16)  # training batch: the loop
+    assert dispatch.block_rows(2048 * 4, 16) >= dispatch.LOOP_MIN_ROWS
 
 
 @pytest.mark.parametrize("impl", SORTED_IMPLS)
