@@ -78,22 +78,31 @@ def block_rows(m: int, n_experts: int) -> int:
 LOOP_MIN_ROWS = 64  # blocks of at least this many rows loop over GEMMs (training); smaller ones (decoding) batch
 BATCH_WEIGHT_ROWS = 7  # reading one expert's weights in place in a batched matmul, in rows of its work
 BATCH_ROW_COST = 1.6  # a batched-matmul row's cost in blocked rows (measured on XLA:CPU: batched over E vs blocks)
-CAPACITY_MAX_ROWS = 2048  # above this many assignments the two tie, and the loop keeps no E x max_rows branch
+CAPACITY_COST_ROWS = 2048  # up to this many assignments the cost model decides
+CAPACITY_MAX_ROWS = 8192  # above it the loop always runs (the real-size expert-parallel shapes among them)
+PARALLEL_GEMM_MACS = 2**24  # a per-expert GEMM of at least this many multiply-adds uses every core
 
 
-def capacity_beats_blocks(n: int, k: int, n_experts: int) -> bool:
-    """Whether one batched matmul over every expert's capacity slots (block_capacity.py: E·(BATCH_WEIGHT_ROWS +
-    C) rows at BATCH_ROW_COST each, C the expected rung) costs less than the blocks of the n·k assignments
-    (blocks·(BLOCK_COST_ROWS + b)). With 16 experts top-4: true from 2 to about 1,000 tokens (decoding, small
-    training batches), false for a lone token (it reads k experts, not E) and for larger batches (where the
-    two tie). Fitted on XLA:CPU (2-core Sapphire Rapids, jax 0.10.2) over E 16/64, D 128/256, F 64/256,
-    N 1-2048, forward and backward."""
+def capacity_beats_blocks(n: int, k: int, n_experts: int, dim: int = 0, hidden: int = 0) -> bool:
+    """Whether the capacity batch (block_capacity.py) beats the blocks for n tokens routed to k of n_experts
+    experts of model dim `dim` and hidden `hidden`.
+
+    Up to CAPACITY_COST_ROWS assignments (decoding, small batches): a cost model in rows of work, the batch
+    costing E·(BATCH_WEIGHT_ROWS + C)·BATCH_ROW_COST with C the expected rung, the blocks
+    blocks·(BLOCK_COST_ROWS + b). With 16 experts top-4 it is true from 2 to 512 tokens and false for a lone
+    token (which reads its k experts, not all E). Above that, the single-thread costs tie (measured: 1.02 s
+    either way for the side-by-side model's step), and what decides is threading: XLA:CPU runs the loop's
+    per-block GEMMs on one core, while a batched GEMM of at least PARALLEL_GEMM_MACS per expert uses all of
+    them (the side-by-side step on 2 cores: 627 → 561 ms). Measured on XLA:CPU (2-core Sapphire Rapids, jax
+    0.10.2) over E 8/16/64, D 128/256, F 64/256, N 1-4096, forward and backward."""
     m = n * k
     if m > CAPACITY_MAX_ROWS:
         return False
+    cap = block_capacity.expected_capacity(m, n_experts, n)
+    if m > CAPACITY_COST_ROWS:
+        return cap * dim * hidden >= PARALLEL_GEMM_MACS
     b = block_rows(m, n_experts)
     blocks = -(-(m + n_experts * (b - 1)) // b)
-    cap = block_capacity.expected_capacity(m, n_experts, n)
     return BATCH_ROW_COST * n_experts * (BATCH_WEIGHT_ROWS + cap) < blocks * (BLOCK_COST_ROWS + b)
 
 
@@ -107,18 +116,22 @@ def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int | 
     e = w1.shape[0]
     with jax.named_scope("dispatch"):  # profiler trace names (V3 report Figure 2)
         order, inverse, sizes = sort_assignments(experts, e)
-        xs = _rows(x, order // k)
-    with jax.named_scope("experts"):
-        if block is None and capacity_beats_blocks(n, k, e):  # a token's k experts are distinct: <= n rows each
-            ys = block_capacity.capacity_swiglu(xs, sizes, w1, w2, w3, block_capacity.capacities(n * k, e, n),
-                                                block_rows(n * k, e), jnp.dtype(dtype))
-        else:
+    if block is None and capacity_beats_blocks(n, k, e, *w1.shape[1:]):  # k distinct experts: <= n rows each
+        with jax.named_scope("experts"):  # the capacity batch gathers from the tokens and into assignment order
+            y = block_capacity.capacity_swiglu(x, order, inverse, sizes, w1, w2, w3, k,
+                                               block_capacity.capacities(n * k, e, n), block_rows(n * k, e),
+                                               jnp.dtype(dtype))
+    else:
+        with jax.named_scope("dispatch"):
+            xs = _rows(x, order // k)
+        with jax.named_scope("experts"):
             block = block or block_rows(n * k, e)
             swiglu = block_loop.looped_swiglu if block >= LOOP_MIN_ROWS else block_gather.gathered_swiglu
             ys = swiglu(xs, sizes, w1, w2, w3, block, jnp.dtype(dtype))
+        with jax.named_scope("combine"):
+            y = _rows(ys, inverse)
     with jax.named_scope("combine"):
-        y = _rows(ys, inverse).reshape(n, k, -1)
-        return jnp.einsum("nkd,nk->nd", y, weights.astype(dtype))
+        return jnp.einsum("nkd,nk->nd", y.reshape(n, k, -1), weights.astype(dtype))
 
 
 def routed_experts_dense(x, weights, experts, w1, w2, w3, dtype):

@@ -115,7 +115,9 @@ def _log_once(ctx: ExpertParallel) -> None:
 def _local(x, weights, experts, w1, w2, w3, dtype, local_impl: str, gmm):
     if local_impl == "ragged":
         return dispatch.routed_experts_ragged(x, weights, experts, w1, w2, w3, dtype, gmm)
-    return dispatch.routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype)
+    # The blocks (the capacity batch is a single-device decoding form; plans keep the loop's memory shape).
+    return dispatch.routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype,
+                                           block=dispatch.block_rows(experts.size, w1.shape[0]))
 
 
 def routed_experts_ep(x, weights, experts, w1, w2, w3, cfg, ctx: ExpertParallel, gmm=None):

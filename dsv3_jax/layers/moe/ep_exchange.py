@@ -66,7 +66,9 @@ def local_experts(rows, local_ids, w1, w2, w3, dtype, grouped: bool, gmm=None):
         ys = jnp.zeros_like(ys).at[order].set(ys)
         return jnp.where(valid[:, None], ys, 0).astype(dtype)
     ids = jnp.where(valid, local_ids, 0)[:, None]
-    return dispatch.routed_experts_blocked(rows, valid[:, None].astype(jnp.float32), ids, w1, w2, w3, dtype)
+    # Blocks, never the capacity batch: the padding rows all land on expert 0 (one oversized group).
+    return dispatch.routed_experts_blocked(rows, valid[:, None].astype(jnp.float32), ids, w1, w2, w3, dtype,
+                                           block=dispatch.block_rows(rows.shape[0], el))
 
 
 # ----- capacity-padded all_to_all ----------------------------------------------------------------------

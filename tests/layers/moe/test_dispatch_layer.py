@@ -32,7 +32,9 @@ def test_blocked_backend_path_choice():
     assert dispatch.capacity_beats_blocks(24, 2, 5)  # the problems below run the capacity batch by default
     assert dispatch.capacity_beats_blocks(16, 4, 16)  # decoding 16 sequences, V3-like 16 experts top-4
     assert not dispatch.capacity_beats_blocks(1, 4, 16)  # a lone token reads its 4 experts, not all 16
-    assert not dispatch.capacity_beats_blocks(2048, 4, 16)  # training batch: the loop
+    assert dispatch.capacity_beats_blocks(2048, 4, 16, 256, 256)  # training, GEMMs big enough for every core
+    assert not dispatch.capacity_beats_blocks(2048, 2, 8, 128, 64)  # training, small GEMMs: the loop
+    assert not dispatch.capacity_beats_blocks(4096, 4, 16, 256, 256)  # above CAPACITY_MAX_ROWS: the loop
     assert dispatch.block_rows(2048 * 4, 16) >= dispatch.LOOP_MIN_ROWS
 
 
