@@ -105,7 +105,7 @@ def test_remat_gradients_equal(tiny_cfg):
     tokens = _tokens(tiny_cfg, t=10, seed=4)
     variables = _init(tiny_cfg, tokens[:, :-1])
     grads = [jax.jit(jax.grad(_loss_fn(tiny_cfg.replace(remat=r))))(variables["params"], variables["router"], tokens)
-             for r in ("none", "full", "dots")]
+             for r in ("none", "full", "dots", "paper")]
     for g in grads[1:]:
         for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(g)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -24,7 +24,8 @@ def attention_entries(cfg: ModelConfig, seq_len: int, flash: bool = True) -> lis
     if cfg.attention == "mla":
         if cfg.q_lora_rank:
             out += [("wq_a", cfg.q_lora_rank, "dot", False), ("q_norm", cfg.q_lora_rank, "other", False)]
-        out += [("q", h * dqk, "dot", False), ("q_rope", h * cfg.qk_rope_head_dim, "other", False),
+        q = "wq_b" if cfg.q_lora_rank else "wq"  # the up-projection, or the plain query projection
+        out += [(q, h * dqk, "dot", False), ("q_rope", h * cfg.qk_rope_head_dim, "other", False),
                 ("wkv_a", cfg.kv_lora_rank + cfg.qk_rope_head_dim, "dot", False),
                 ("kv_norm", cfg.kv_lora_rank, "other", False),
                 ("wkv_b", h * (cfg.qk_nope_head_dim + dv), "dot", False)]
@@ -72,13 +73,26 @@ def saved_bytes_per_token(entries: list[Entry], policy: str, compute_bytes: int)
     none: everything. dots: matmul outputs incl. the attention core (jax.checkpoint_policies.dots_saveable).
     dots_no_batch: weight-matmul outputs only (checkpoint_dots_with_no_batch_dims). full: only the block
     input; everything else is recomputed. The block input is kept under every policy.
+    paper: everything except PAPER_RECOMPUTED (the RMSNorm outputs and the MLA up-projections with the rope
+    parts and softmax statistics recomputed from them, layers/recompute.py).
     """
     keep = {"none": ("input", "dot", "batch_dot", "other"), "dots": ("input", "dot", "batch_dot"),
-            "work": ("input", "dot", "batch_dot", "other", "work"),
+            "work": ("input", "dot", "batch_dot", "other", "work"), "paper": ("input", "dot", "batch_dot", "other"),
             "dots_no_batch": ("input", "dot"), "full": ("input",)}
     if policy not in keep:
         raise ValueError(f"remat policy: expected one of {sorted(set(keep) - {'work'})}, got {policy!r}")
-    return sum(n * (4 if fp32 else compute_bytes) for _, n, kind, fp32 in entries if kind in keep[policy])
+    drop = ()
+    if policy == "paper":  # the attention core is rerun (no softmax statistics kept) only in MLA's latent region
+        drop = PAPER_RECOMPUTED | ({"softmax_lse"} if any(e[0] == "wkv_b" for e in entries) else set())
+    return sum(n * (4 if fp32 else compute_bytes) for name, n, kind, fp32 in entries
+               if kind in keep[policy] and name not in drop)
+
+
+# remat="paper" (V3 report §3.2.3): the block keeps everything but the outputs of its RMSNorms and, for MLA,
+# the up-projections wq_b / wkv_b with what the attention core derives from them (rope'd queries, its softmax
+# statistics, dropped when the block has MLA): the recompute region over the latents reruns the core's forward
+# (layers/mla.py). Other attention kinds recompute their norms only.
+PAPER_RECOMPUTED = frozenset({"attn_norm_out", "q_norm", "wq_b", "q_rope", "kv_norm", "wkv_b", "ffn_norm_out"})
 
 
 def working_bytes_per_token(entries: list[Entry], compute_bytes: int) -> float:

@@ -59,7 +59,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp8", default=None, help="ModelConfig.fp8 override (none, blockwise, ...)")
     p.add_argument("--moe_impl", default=None, help="ModelConfig.moe_impl override (default: ep on an expert axis)")
     p.add_argument("--ep_dispatch", default=None, help="ModelConfig.ep_dispatch override (default: rounds)")
-    p.add_argument("--remat", default=None, help="ModelConfig.remat override")
+    p.add_argument("--remat", default=None, help="ModelConfig.remat override: none, full, dots, dots_no_batch or "
+                                                 "paper (V3's RMSNorm + MLA up-projection recompute; "
+                                                 "layers/block.py REMAT_POLICIES)")
     p.add_argument("--layers", type=int, default=0, help="compile with this many MoE layers (and one more) and "
                                                          "extrapolate to the config's depth")
     p.add_argument("--context", type=int, default=32768, help="serve: cache slots per sequence")

@@ -54,8 +54,11 @@ class GQA(nn.Module):
     mesh: Any = None  # the activation mesh: weights gathered at use (linear.weight)
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache: CacheSlot | None = None):
+    def __call__(self, x, positions, mask, cache: CacheSlot | None = None, norm=None):
+        """norm: the block's attention RMSNorm, applied to x first (kept as under remat="none": the paper's
+        recompute regions, layers/recompute.py, cover MLA only)."""
         c = self.cfg
+        x = x if norm is None else norm(x)
         h, g, k, v = c.n_heads, c.kv_heads, c.qk_head_dim, c.v_head_dim
 
         def w(name, shape, axes):

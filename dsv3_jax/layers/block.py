@@ -27,6 +27,7 @@ from dsv3_jax.layers.moe import node_routing
 from dsv3_jax.layers.moe.ep import ExpertParallel, activation_mesh
 from dsv3_jax.layers.moe.layer import MoE
 from dsv3_jax.layers.norms import RMSNorm
+from dsv3_jax.layers.recompute import PAPER
 from dsv3_jax.registry import Registry
 
 
@@ -36,8 +37,12 @@ class Remat(NamedTuple):
 
 
 # ModelConfig.remat: whether and how each block is rematerialized in the backward pass ("none": not at all).
+# "paper" (V3 report §3.2.3): the block is not rematerialized as a whole; every RMSNorm output and the MLA
+# up-projections (with the q, k, v they feed the attention core) are recomputed from inside the block, through
+# recompute regions (layers/recompute.py, registered as None here: no nn.remat around the block).
 REMAT_POLICIES = Registry("remat", "rematerialization policy")
 REMAT_POLICIES.register("none", None)
+REMAT_POLICIES.register(PAPER, None)
 REMAT_POLICIES.register("full", Remat(None))
 REMAT_POLICIES.register("dots", Remat(jax.checkpoint_policies.checkpoint_dots))
 REMAT_POLICIES.register("dots_no_batch", Remat(jax.checkpoint_policies.dots_with_no_batch_dims_saveable))
@@ -58,14 +63,17 @@ class Block(nn.Module):
         mesh = activation_mesh(self.parallel)
         act = lambda v: sharding.constrain(v, sharding.BATCH_SEQ_EMBED, mesh)
         x = act(x)
+        # The norms are applied by their consumers, so that under remat="paper" each shares a recompute region
+        # with the matmuls that read its output (layers/recompute.py); the same numbers under every policy.
         with jax.named_scope("attention"):  # profiler trace names (V3 report Figure 2)
-            a, cache = attention_module(c, mesh)(RMSNorm(c.norm_eps, name=pt.ATTN_NORM)(x), positions, mask, cache)
+            a, cache = attention_module(c, mesh)(x, positions, mask, cache,
+                                                 norm=RMSNorm(c.norm_eps, name=pt.ATTN_NORM))
         x = act(x + a)
-        h = RMSNorm(c.norm_eps, name=pt.FFN_NORM)(x)
+        norm = RMSNorm(c.norm_eps, name=pt.FFN_NORM)
         if self.moe:
-            y, stats = MoE(c, self.parallel, name=pt.MOE_FFN)(h)
+            y, stats = MoE(c, self.parallel, name=pt.MOE_FFN)(x, norm=norm)
         else:
-            y, stats = MLP(c, c.inter_dim, mesh, name=pt.MLP)(h), {}
+            y, stats = MLP(c, c.inter_dim, mesh, name=pt.MLP)(x, norm=norm), {}
         return act(x + y), stats, cache
 
 

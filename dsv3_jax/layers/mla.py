@@ -29,30 +29,43 @@ from dsv3_jax.layers import attention_core
 from dsv3_jax.layers.kv_cache import CacheSlot
 from dsv3_jax.layers.linear import fp8_kernel, kernel_of, matmul_fn, normal_init, operand_views_fn, weight
 from dsv3_jax.layers.norms import rms_norm
+from dsv3_jax.layers.recompute import region, regions_on
 from dsv3_jax.layers.rope import apply_rope, frequencies_for
 
 Params = Mapping[str, jnp.ndarray]
 MatMul = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 
-def mla_queries(x, p: Params, positions, freqs, n_heads: int, nope_dim: int, eps: float, mm: MatMul):
-    """x [B,T,D] -> q_nope [B,T,H,N], q_pe [B,T,H,R] (rope applied). Eq. 6-9 (or plain wq if no q_lora)."""
-    if "wq_a" in p:
-        q = mm(rms_norm(mm(x, p["wq_a"]), p["q_norm"], eps), p["wq_b"])
-    else:
-        q = mm(x, p["wq"])
+def mla_down(x, p: Params, mm: MatMul):
+    """x [B,T,D] -> the down-projections (wq_a(x) [B,T,Q], or wq(x) [B,T,H·K] without q_lora; wkv_a(x)
+    [B,T,C+R]): the only products of x itself, so the attention norm and these two are one recompute region."""
+    return mm(x, p["wq_a"] if "wq_a" in p else p["wq"]), mm(x, p["wkv_a"])
+
+
+def queries_up(q_in, p: Params, positions, freqs, n_heads: int, nope_dim: int, eps: float, mm: MatMul):
+    """mla_down's query part -> q_nope [B,T,H,N], q_pe [B,T,H,R] (q_norm, wq_b up-projection, rope). Eq. 7-9."""
+    q = mm(rms_norm(q_in, p["q_norm"], eps), p["wq_b"]) if "wq_a" in p else q_in
     q = q.reshape(q.shape[:2] + (n_heads, -1))
     q_nope, q_pe = q[..., :nope_dim], q[..., nope_dim:]
     return q_nope, apply_rope(q_pe, positions, freqs)
+
+
+def latents_up(kv, p: Params, positions, freqs, kv_lora_rank: int, eps: float):
+    """wkv_a(x) [B,S,C+R] -> kv_norm(c_kv) [B,S,C] and the rope key k_pe [B,S,R]. Eq. 1, 3."""
+    c_kv, k_pe = kv[..., :kv_lora_rank], kv[..., kv_lora_rank:]
+    return rms_norm(c_kv, p["kv_norm"], eps), apply_rope(k_pe, positions, freqs)
+
+
+def mla_queries(x, p: Params, positions, freqs, n_heads: int, nope_dim: int, eps: float, mm: MatMul):
+    """x [B,T,D] -> q_nope [B,T,H,N], q_pe [B,T,H,R] (rope applied). Eq. 6-9 (or plain wq if no q_lora)."""
+    return queries_up(mla_down(x, p, mm)[0], p, positions, freqs, n_heads, nope_dim, eps, mm)
 
 
 def mla_latents(x, p: Params, positions, freqs, kv_lora_rank: int, eps: float, mm: MatMul):
     """x [B,S,D] -> kv_norm(c_kv) [B,S,C] and the shared rope key k_pe [B,S,R]. Eq. 1, 3.
 
     These two are everything the latent cache keeps per token."""
-    kv = mm(x, p["wkv_a"])
-    c_kv, k_pe = kv[..., :kv_lora_rank], kv[..., kv_lora_rank:]
-    return rms_norm(c_kv, p["kv_norm"], eps), apply_rope(k_pe, positions, freqs)
+    return latents_up(mm(x, p["wkv_a"]), p, positions, freqs, kv_lora_rank, eps)
 
 
 def split_wkv_b(wkv_b, n_heads: int, nope_dim: int):
@@ -111,17 +124,30 @@ def mla_output(o, wo, mm: MatMul):
     return mm(o.reshape(o.shape[:2] + (-1,)), wo)
 
 
-def mla(x, p: Params, positions, mask, cfg, cache: CacheSlot | None = None):
+def mla(x, p: Params, positions, mask, cfg, cache: CacheSlot | None = None, norm=None):
     """MLA of x [B,T,D] at positions [B,T]; mask [B,T,T] without a cache, [B,T,S] with one (the new tokens'
-    entries are written first, then attention reads the whole layer). Returns (y [B,T,D], cache)."""
+    entries are written first, then attention reads the whole layer). Returns (y [B,T,D], cache).
+
+    norm: the block's attention RMSNorm (norms.RMSNorm), applied to x here so that under
+    ModelConfig.remat="paper" it shares a recompute region with the down-projections (layers/recompute.py).
+    Then, without a cache, the up-projections (q_norm -> wq_b, kv_norm -> wkv_b), rope and the attention core
+    form a second region over the latents: q, k, v (which the attention core would keep) are recomputed from
+    wq_a(x) and wkv_a(x) in the backward; the attention output (wo's input) is kept."""
     mm = matmul_fn(cfg)
     freqs = frequencies_for(cfg)
-    h, n, scale = cfg.n_heads, cfg.qk_nope_head_dim, cfg.softmax_scale
-    q_nope, q_pe = mla_queries(x, p, positions, freqs, h, n, cfg.norm_eps, mm)
-    c_kv, k_pe = mla_latents(x, p, positions, freqs, cfg.kv_lora_rank, cfg.norm_eps, mm)
+    h, n, scale, eps = cfg.n_heads, cfg.qk_nope_head_dim, cfg.softmax_scale, cfg.norm_eps
+    on = regions_on(cfg)
+    down = lambda v: mla_down(v, p, mm)  # noqa: E731
+    q_in, kv_in = norm(x, then=down, recompute=on) if norm is not None else down(x)
     if cache is None:  # a full sequence: the mask is causal in the token index (model.training_positions)
-        o = attend_naive(q_nope, q_pe, c_kv, k_pe, p["wkv_b"], mask, scale, mm, causal=True)
-    elif cache.latent:
+        def core(q_in, kv_in):
+            q_nope, q_pe = queries_up(q_in, p, positions, freqs, h, n, eps, mm)
+            c_kv, k_pe = latents_up(kv_in, p, positions, freqs, cfg.kv_lora_rank, eps)
+            return attend_naive(q_nope, q_pe, c_kv, k_pe, p["wkv_b"], mask, scale, mm, causal=True)
+        return mla_output(region(core, on)(q_in, kv_in), p["wo"], mm), cache
+    q_nope, q_pe = queries_up(q_in, p, positions, freqs, h, n, eps, mm)
+    c_kv, k_pe = latents_up(kv_in, p, positions, freqs, cfg.kv_lora_rank, eps)
+    if cache.latent:
         # Cache c_kv as wkv_b's FP8 GEMM would quantize it (per token: 1x128 tiles or a fixed per-tensor scale),
         # then regroup the product: exactly the per-head numbers (identity views without FP8).
         wkv_b, act = operand_views_fn(cfg)(p["wkv_b"])
@@ -169,6 +195,6 @@ class MLA(nn.Module):
         p["wo"] = w("wo", (h * c.v_head_dim, c.dim), ("heads", "embed"))
         self.weights = {k: v if k.endswith("_norm") else fp8_kernel(self, k, v, c) for k, v in p.items()}
 
-    def __call__(self, x, positions, mask, cache: CacheSlot | None = None):
-        """x [B,T,D], positions [B,T], mask [B,T,T|S] -> (y [B,T,D], cache)."""
-        return mla(x, self.weights, positions, mask, self.cfg, cache)
+    def __call__(self, x, positions, mask, cache: CacheSlot | None = None, norm=None):
+        """x [B,T,D], positions [B,T], mask [B,T,T|S] -> (y [B,T,D], cache); norm: see mla()."""
+        return mla(x, self.weights, positions, mask, self.cfg, cache, norm)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from dsv3_jax.layers.linear import fp8_kernel, matmul_fn, normal_init, weight
+from dsv3_jax.layers.recompute import regions_on
 
 
 def swiglu(x, w1, w2, w3, mm):
@@ -28,7 +29,9 @@ class MLP(nn.Module):
     mesh: Any = None  # the activation mesh: weights gathered at use (linear.weight)
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, norm=None):
+        """x [..., D] -> [..., D]. norm: an RMSNorm applied to x first; under ModelConfig.remat="paper" it
+        shares a recompute region with w1 and w3 (layers/recompute.py), so its output is not kept."""
         c, f = self.cfg, self.hidden
 
         def w(name, shape, axes):
@@ -37,4 +40,8 @@ class MLP(nn.Module):
         w1 = w("w1", (c.dim, f), ("embed", "mlp"))
         w2 = w("w2", (f, c.dim), ("mlp", "embed"))
         w3 = w("w3", (c.dim, f), ("embed", "mlp"))
-        return swiglu(x, w1, w2, w3, matmul_fn(c))
+        mm = matmul_fn(c)
+        if norm is None:
+            return swiglu(x, w1, w2, w3, mm)
+        a1, a3 = norm(x, then=lambda h: (mm(h, w1), mm(h, w3)), recompute=regions_on(c))
+        return mm(jax.nn.silu(a1) * a3, w2)

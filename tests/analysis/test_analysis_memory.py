@@ -68,3 +68,21 @@ def test_activations_by_hand_full_remat():
     est = memory.training_memory_per_device(DENSE, {}, 1, o)
     assert est.activations == (4 * 32 + 528) * 8
     assert est.logits == 8 * 100 * 4
+
+
+def test_paper_remat_drops_norm_and_up_projection_outputs():
+    """remat="paper" keeps what "none" keeps minus the RMSNorm outputs and MLA's up-projections (with the rope'd
+    queries and softmax statistics), by hand from the entries; V3 MoE block at 4096 tokens, bf16."""
+    from dsv3_jax.analysis import activations as act
+    cfg = cm.deepseek_v3().cfg
+    entries = act.block_entries(cfg, True, 4096)
+    none, paper, full = (act.saved_bytes_per_token(entries, p, 2) for p in ("none", "paper", "full"))
+    h, d = cfg.n_heads, cfg.dim
+    dropped = 2 * (d + d + cfg.q_lora_rank + h * cfg.qk_head_dim + h * cfg.qk_rope_head_dim + cfg.kv_lora_rank
+                   + h * (cfg.qk_nope_head_dim + cfg.v_head_dim)) + 4 * h  # bf16 values, fp32 softmax lse
+    assert none - paper == dropped
+    assert full < paper < none
+    # GQA (no MLA): only the two norm outputs go.
+    gqa = cfg.replace(attention="gqa", n_kv_heads=8)
+    e = act.block_entries(gqa, False, 4096)
+    assert act.saved_bytes_per_token(e, "none", 2) - act.saved_bytes_per_token(e, "paper", 2) == 2 * 2 * d

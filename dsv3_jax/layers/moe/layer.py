@@ -22,6 +22,7 @@ from dsv3_jax.layers.mlp import MLP
 from dsv3_jax.layers.moe import experts as expert_backends
 from dsv3_jax.layers.moe import router
 from dsv3_jax.layers.moe.ep import ExpertParallel, activation_mesh
+from dsv3_jax.layers.recompute import regions_on
 from dsv3_jax.layers.resolve import resolve_config
 
 ROUTER_COLLECTION = pt.ROUTER
@@ -60,7 +61,11 @@ class MoE(nn.Module):
     parallel: ExpertParallel | None = None
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, norm=None):
+        """norm: the block's FFN RMSNorm, applied to x here. Under ModelConfig.remat="paper" each consumer of
+        its output (the gate, the shared experts' w1/w3, the routed dispatch) recomputes it inside a recompute
+        region (layers/recompute.py): the dispatched rows the routed backend keeps are kept, the norm output
+        is not."""
         c = self.cfg
         b, t, d = x.shape
         mesh = activation_mesh(self.parallel)
@@ -70,13 +75,17 @@ class MoE(nn.Module):
             bias = self.variable(pt.ROUTER, pt.BIAS, jnp.zeros, (c.n_routed_experts,), jnp.float32).value
         # Tokens stay split over the batch axes (they are the batch's rows, flattened).
         tokens = sharding.constrain(x.reshape(b * t, d), sharding.TOKENS_EMBED, mesh)
+        on = regions_on(c)
+        normed = lambda then: then(tokens) if norm is None else norm(tokens, then=then, recompute=on)  # noqa: E731
         with jax.named_scope("router"):  # profiler trace names (V3 report Figure 2)
-            r = router.route(tokens, gate_w, bias, score_func=c.score_func, n_groups=c.n_expert_groups,
-                             topk_groups=c.n_limited_groups, k=c.n_activated_experts, route_scale=c.route_scale)
-        y, comm = RoutedExperts(c, self.parallel, name=pt.ROUTED)(tokens, r.weights, r.experts)
+            scores = normed(lambda h: router.affinities(h, gate_w, c.score_func))
+            r = router.route_scores(scores, bias, n_groups=c.n_expert_groups, topk_groups=c.n_limited_groups,
+                                    k=c.n_activated_experts, score_func=c.score_func, route_scale=c.route_scale)
+        y, comm = RoutedExperts(c, self.parallel, name=pt.ROUTED)(normed(lambda h: h), r.weights, r.experts)
         if c.n_shared_experts:
             with jax.named_scope("shared_experts"):
-                y = y + MLP(c, c.n_shared_experts * c.moe_inter_dim, mesh, name=pt.SHARED)(tokens)
+                shared = MLP(c, c.n_shared_experts * c.moe_inter_dim, mesh, name=pt.SHARED)
+                y = y + (shared(tokens) if norm is None else shared(tokens, norm=norm))
         f, p = router.balance_terms(r.scores.reshape(b, t, -1), r.experts.reshape(b, t, -1),
                                     c.n_routed_experts, c.n_activated_experts)
         stats = {"counts": router.expert_counts(r.experts, c.n_routed_experts), "balance_f": f, "balance_p": p}

@@ -64,7 +64,13 @@ def limit_groups(sel, n_groups: int, topk_groups: int, top2_sum: bool):
 def route(x, gate_w, bias, *, score_func: str, n_groups: int, topk_groups: int, k: int,
           route_scale: float) -> Routing:
     """Route tokens x [N, D] to k of E experts. `bias` [E] (or None) affects only which experts are chosen."""
-    s = affinities(x, gate_w, score_func)
+    return route_scores(affinities(x, gate_w, score_func), bias, score_func=score_func, n_groups=n_groups,
+                        topk_groups=topk_groups, k=k, route_scale=route_scale)
+
+
+def route_scores(s, bias, *, score_func: str, n_groups: int, topk_groups: int, k: int,
+                 route_scale: float) -> Routing:
+    """route() from the affinities s [N, E] (affinities(x, gate_w, score_func))."""
     sel = s if bias is None else s + bias.astype(jnp.float32)
     if n_groups > 1:
         sel = limit_groups(sel, n_groups, topk_groups, top2_sum=bias is not None)
