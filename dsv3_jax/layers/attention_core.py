@@ -110,50 +110,60 @@ def causal_blocks(t: int) -> int:
 def causal_attention(q, k, v, mask, scale: float, blocks: int | None = None):
     """softmax_attention for a full sequence whose mask is causal in the token index (key s visible to query t
     only if s <= t; segments may restrict it further): identical results, without the work above the diagonal.
-    q [B,T,H,K], k [B,T,H,K], v [B,T,H,V], mask [B,T,T] -> [B,T,H,V]."""
-    t = q.shape[1]
+    q [B,T,H,K], k [B,T,H,K], v [B,T,H,V], mask [B,T,T] -> [B,T,H,V]. When no block needs query blocks of its
+    own, the operands go heads-major once for all the causal blocks (not once per block)."""
+    b, t, h = q.shape[:3]
     n = blocks or causal_blocks(t)
     if n == 1 or k.shape[1] != t:
         return softmax_attention(q, k, v, mask, scale)
     c = t // n
-    outs = [softmax_attention(q[:, i * c:(i + 1) * c], k[:, :(i + 1) * c], v[:, :(i + 1) * c],
-                              mask[:, i * c:(i + 1) * c, :(i + 1) * c], scale) for i in range(n)]
-    return jnp.concatenate(outs, axis=1)
+    if query_block(c, t, h, b) < c:  # long sequences: every causal block runs over query blocks
+        outs = [softmax_attention(q[:, i * c:(i + 1) * c], k[:, :(i + 1) * c], v[:, :(i + 1) * c],
+                                  mask[:, i * c:(i + 1) * c, :(i + 1) * c], scale) for i in range(n)]
+        return jnp.concatenate(outs, axis=1)
+    qh, kh, vh = map(_heads_major, (q, k, v))
+    outs = [heads_major_attention(qh[:, :, i * c:(i + 1) * c], kh[:, :, :(i + 1) * c], vh[:, :, :(i + 1) * c],
+                                  mask[:, i * c:(i + 1) * c, :(i + 1) * c], scale) for i in range(n)]
+    return _heads_major(jnp.concatenate(outs, axis=2))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def masked_attention(q, k, v, mask, scale: float):
     """o [B,T,H,V] = Σ_s softmax_s(q·k·scale)[mask] v over q [B,T,H,K], k [B,S,H,K], v [B,S,H,V], mask [B,T,S];
     rows with no visible key give zeros. Heads-major inside (one transpose per operand, batched GEMMs over
-    [B, H]); the backward is the closed-form softmax gradient from the kept probabilities, ds = p·(dp − Σ p·dp),
-    instead of autodiff through the max/exp/sum/where chain (the same math in fewer passes over [B,H,T,S])."""
-    return _attention_forward(q, k, v, mask, scale)[0]
+    [B, H]: heads_major_attention)."""
+    return _heads_major(heads_major_attention(*map(_heads_major, (q, k, v)), mask, scale))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def heads_major_attention(qh, kh, vh, mask, scale: float):
+    """o [B,H,T,V] over qh [B,H,T,K], kh [B,H,S,K], vh [B,H,S,V], mask [B,T,S]: masked_attention on heads-major
+    operands. The backward is the closed-form softmax gradient from the kept probabilities,
+    ds = p·(dp − Σ p·dp), instead of autodiff through the max/exp/sum/where chain (the same math in fewer passes
+    over [B,H,T,S])."""
+    return _attention_forward(qh, kh, vh, mask, scale)[0]
 
 
 def _heads_major(a):
     return jnp.swapaxes(a, 1, 2)  # [B, T, H, X] <-> [B, H, T, X]
 
 
-def _attention_forward(q, k, v, mask, scale):
-    qh, kh, vh = map(_heads_major, (q, k, v))
+def _attention_forward(qh, kh, vh, mask, scale):
     scores = jnp.einsum("bhtk,bhsk->bhts", qh, kh, preferred_element_type=jnp.float32) * scale
     visible = mask[:, None, :, :]
     probs = jnp.where(visible, jax.nn.softmax(jnp.where(visible, scores, NEG_INF), axis=-1), 0.0)
-    o = jnp.einsum("bhts,bhsv->bhtv", probs.astype(v.dtype), vh, preferred_element_type=jnp.float32)
-    return _heads_major(o).astype(v.dtype), (qh, kh, vh, probs)
+    o = jnp.einsum("bhts,bhsv->bhtv", probs.astype(vh.dtype), vh, preferred_element_type=jnp.float32)
+    return o.astype(vh.dtype), (qh, kh, vh, probs)
 
 
-def _attention_backward(scale, res, do):
+def _attention_backward(scale, res, doh):
     qh, kh, vh, probs = res
-    doh = _heads_major(do)
     f32 = lambda spec, a, b: jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)  # noqa: E731
     dv = f32("bhts,bhtv->bhsv", probs.astype(doh.dtype), doh)
     dp = f32("bhtv,bhsv->bhts", doh, vh)
     ds = probs * (dp - jnp.sum(probs * dp, axis=-1, keepdims=True)) * scale  # zero where masked (p = 0 there)
     dq = f32("bhts,bhsk->bhtk", ds.astype(kh.dtype), kh)
     dk = f32("bhts,bhtk->bhsk", ds.astype(qh.dtype), qh)
-    return (_heads_major(dq).astype(qh.dtype), _heads_major(dk).astype(kh.dtype), _heads_major(dv).astype(vh.dtype),
-            None)
+    return dq.astype(qh.dtype), dk.astype(kh.dtype), dv.astype(vh.dtype), None
 
 
-masked_attention.defvjp(_attention_forward, _attention_backward)
+heads_major_attention.defvjp(_attention_forward, _attention_backward)
