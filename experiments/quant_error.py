@@ -11,8 +11,9 @@ layer of the main stack, on validation batches:
   moe_dispatch   ffn_norm output of the MoE layers: the tokens dispatched to experts (FP8 dispatch, §3.3)
   *_swiglu       silu(x·w1) ⊙ (x·w3), the input of w2 (dense MLP, shared expert, routed experts per assignment)
 They are captured without touching the model: the scanned stack is run one Block at a time with its slice of
-the parameters, RMSNorm outputs come from flax `capture_intermediates`, and the attention output and SwiGLU
-hiddens are recomputed from the params with the model's own pure functions (mla.py, router.py).
+the parameters, the attention module's output comes from flax `capture_intermediates`, and the RMSNorm outputs
+(the block applies each norm inside its consumers), the attention inputs and the SwiGLU hiddens are recomputed
+from the params with the model's own pure functions (norms.py, mla.py, router.py).
 The forward runs in float32 without FP8 (whatever the checkpoint was trained with), so every format, BF16
 included, is measured against unrounded values.
 
@@ -44,7 +45,7 @@ from dsv3_jax.layers.block import Block
 from dsv3_jax.layers.linear import matmul_fn
 from dsv3_jax.layers.mla import attend_naive, mla_latents, mla_queries
 from dsv3_jax.layers.moe import router
-from dsv3_jax.layers.norms import RMSNorm, rms_norm
+from dsv3_jax.layers.norms import rms_norm
 from dsv3_jax.layers.rope import frequencies_for
 from dsv3_jax.quant.fp8 import E4M3, E5M2, TILE, dequantize_tiles, quantize_tiles
 from dsv3_jax.quant.logfmt import logfmt_roundtrip
@@ -68,8 +69,14 @@ FORMATS = {
 }
 
 
-def _is_norm(module, method_name):
-    return isinstance(module, RMSNorm)
+def _is_attention(module, method_name):
+    return module.name == pt.ATTN and method_name == "__call__"
+
+
+def _norm_output(cfg, p, name: str, x_in):
+    """The block's norm `name` on x_in, recomputed with its own scale (the block hands each norm to its
+    consumers, which apply it inside their recompute regions: layers/recompute.py)."""
+    return rms_norm(x_in, p[name]["scale"], cfg.norm_eps)
 
 
 def attention_inputs(cfg, p, x, positions, mask) -> dict:
@@ -122,14 +129,16 @@ def capture(cfg, variables, tokens):
         for i in range(n):
             p = _slice(params[stack], i)
             lv = {"params": p, **({"router": _slice(routers[stack], i)} if moe and stack in routers else {})}
-            (x_next, _, _), st = Block(cfg, moe).apply(lv, x, positions, mask, capture_intermediates=_is_norm,
+            (x_next, _, _), st = Block(cfg, moe).apply(lv, x, positions, mask,
+                                                      capture_intermediates=_is_attention,
                                                       mutable=["intermediates"])
-            norms = st["intermediates"]
+            attn_out = st["intermediates"][pt.ATTN]["__call__"][0][0]
             bias = lv[pt.ROUTER][pt.MOE_FFN][pt.BIAS] if pt.ROUTER in lv else None
             found = {}
             if cfg.attention == "mla":
-                found.update(attention_inputs(cfg, p[pt.ATTN], norms[pt.ATTN_NORM]["__call__"][0], positions, mask))
-            found.update(ffn_inputs(cfg, p, bias, norms[pt.FFN_NORM]["__call__"][0], moe))
+                found.update(attention_inputs(cfg, p[pt.ATTN], _norm_output(cfg, p, pt.ATTN_NORM, x),
+                                              positions, mask))
+            found.update(ffn_inputs(cfg, p, bias, _norm_output(cfg, p, pt.FFN_NORM, x + attn_out), moe))
             for kind, a in found.items():
                 acts[kind].append(a.reshape(-1, a.shape[-1]))
             x = x_next

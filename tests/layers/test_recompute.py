@@ -12,6 +12,7 @@ from jax._src.ad_checkpoint import saved_residuals
 
 from dsv3_jax.layers.attention_core import causal_mask
 from dsv3_jax.layers.block import Block, run_stack
+from dsv3_jax.layers.moe import dispatch
 from tests.conftest import tiny_config
 
 # Distinct sizes, so that a kept array's shape says what it is: D 40, Q 20, C 12 (+R 4 = 16), H 3, N 8, V 6.
@@ -67,8 +68,12 @@ def test_paper_keeps_no_norm_or_up_projection_output(moe):
     d, h = cfg.dim, cfg.n_heads
     residual_stream = [s for s, _ in paper if s[-1] == d and np.prod(s) == B * T * d]
     # Only the block input and the stream after attention (x + attn) are kept at [.., D]; "none" also keeps each
-    # norm's output and its float32 intermediates there.
-    assert len(residual_stream) == 2, paper
+    # norm's output and its float32 intermediates there. The one exception is what the routed experts keep for
+    # their own backward: the blocks keep the dispatched rows [N·k, D], the capacity batch (this size on CPU,
+    # layers/moe/block_capacity.py) the tokens it gathers them from, [N, D], k times fewer bytes.
+    capacity = moe and dispatch.capacity_beats_blocks(B * T, cfg.n_activated_experts, cfg.n_routed_experts,
+                                                      cfg.dim, cfg.moe_inter_dim)
+    assert len(residual_stream) == 2 + capacity, paper
     assert len([s for s, _ in none if s[-1] == d and np.prod(s) == B * T * d]) > 2
     up = {h * cfg.qk_head_dim, h * (cfg.qk_nope_head_dim + cfg.v_head_dim)}  # wq_b, wkv_b outputs
     per_head = {cfg.qk_head_dim, cfg.v_head_dim, cfg.qk_nope_head_dim + cfg.v_head_dim}  # q / k / v per head

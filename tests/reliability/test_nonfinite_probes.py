@@ -20,9 +20,6 @@ from tests.reliability.conftest import QUIET, micro, read_rows, train_steps
 
 NonFiniteError = RuntimeError  # train/finite.py's NonFiniteError is one; matching on it keeps the landed code testable
 
-# lr=30 on the micro model: steps 1-3 are finite (with ever larger parameters), step 4's gradient is not.
-EXPLODE = dict(lr=30.0, warmup_steps=1, checkpoint_every=1)
-
 
 def _all_checkpoints_finite(workdir):
     from dsv3_jax.experiment_config import ExperimentConfig
@@ -37,15 +34,24 @@ def _all_checkpoints_finite(workdir):
     return steps
 
 
-def test_nan_run_keeps_only_finite_checkpoints_and_a_sane_rerun_continues(tmp_path):
+def test_nan_run_keeps_only_finite_checkpoints_and_a_sane_rerun_continues(tmp_path, monkeypatch):
     # Landed code: the non-finite checkpoint was saved and reported as "the last good checkpoint"; a rerun with
     # a sane lr restored it and stopped again, forever, while max_to_keep deleted the good ones.
+    # Every gradient from step 4 on is NaN (injected: where an lr=30 explosion starts depends on rounding).
+    apply_gradients = step_lib.apply_gradients
+
+    def poisoned(state, loss, aux, grads, *args, **kwargs):
+        grads = jax.tree.map(lambda g: jnp.where(state.step >= 3, jnp.nan, g), grads)
+        return apply_gradients(state, loss, aux, grads, *args, **kwargs)
+
+    monkeypatch.setattr(step_lib, "apply_gradients", poisoned)
     workdir = str(tmp_path / "run")
     with pytest.raises(NonFiniteError, match=r"^non-finite update at step 4 \(loss=.*grad_norm=nan\); the update "
                                              r"was dropped and training stopped. Checkpoint 3, whose next step this "
                                              r"was, .* moved to .*/rejected_checkpoints/3. The last good checkpoint "
                                              r"is step 2, in .*/checkpoints/2: rerun with a lower train.lr"):
-        train(micro(steps=6, **EXPLODE), workdir, log=QUIET)
+        train(micro(steps=6, checkpoint_every=1), workdir, log=QUIET)
+    monkeypatch.undo()  # the rerun's gradients are the real ones
     assert _all_checkpoints_finite(workdir) == [1, 2]
     rows = read_rows(workdir)  # strict JSON: NaN is null, and named
     bad = [r for r in rows if r["step"] == 4]
