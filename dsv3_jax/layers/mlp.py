@@ -10,7 +10,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from dsv3_jax.layers.linear import fp8_kernel, matmul_fn, normal_init, weight
 from dsv3_jax.layers.recompute import regions_on
