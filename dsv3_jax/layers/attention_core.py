@@ -158,11 +158,16 @@ def _attention_forward(qh, kh, vh, mask, scale):
 def _attention_backward(scale, res, doh):
     qh, kh, vh, probs = res
     f32 = lambda spec, a, b: jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)  # noqa: E731
-    dv = f32("bhts,bhtv->bhsv", probs.astype(doh.dtype), doh)
+    # dv and dk contract over the query axis t, the rows of p and ds. XLA:CPU runs a GEMM whose contraction is
+    # the lhs's major axis on a slow path; transposing p and ds first (one pass each) makes both GEMMs plain
+    # row-major ones, about 40% off this backward on CPU. The scale goes onto dq and dk ([.., K]) rather than
+    # ds ([.., T, S]), where XLA:CPU materializes it as a full broadcast operand of the fused GEMM.
+    p_t = jnp.swapaxes(probs, -1, -2)  # [B,H,S,T]
+    dv = f32("bhst,bhtv->bhsv", p_t.astype(doh.dtype), doh)
     dp = f32("bhtv,bhsv->bhts", doh, vh)
-    ds = probs * (dp - jnp.sum(probs * dp, axis=-1, keepdims=True)) * scale  # zero where masked (p = 0 there)
-    dq = f32("bhts,bhsk->bhtk", ds.astype(kh.dtype), kh)
-    dk = f32("bhts,bhtk->bhsk", ds.astype(qh.dtype), qh)
+    ds = probs * (dp - jnp.sum(probs * dp, axis=-1, keepdims=True))  # zero where masked (p = 0 there)
+    dq = f32("bhts,bhsk->bhtk", ds.astype(kh.dtype), kh) * scale
+    dk = f32("bhst,bhtk->bhsk", jnp.swapaxes(ds, -1, -2).astype(qh.dtype), qh) * scale
     return dq.astype(qh.dtype), dk.astype(kh.dtype), dv.astype(vh.dtype), None
 
 
