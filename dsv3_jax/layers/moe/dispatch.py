@@ -106,6 +106,16 @@ def capacity_beats_blocks(n: int, k: int, n_experts: int, dim: int = 0, hidden: 
     return BATCH_ROW_COST * n_experts * (BATCH_WEIGHT_ROWS + cap) < blocks * (BLOCK_COST_ROWS + b)
 
 
+TWO_GRID_MIN_ROWS = 2048  # from this many assignments the capacity batch runs a base and an overflow grid
+
+
+def two_grids(m: int, n_experts: int) -> bool:
+    """Whether the capacity batch of m assignments over n_experts runs two grids (block_capacity.Plan): the
+    overflow grid multiplies by a copy of the fullest half's weights, which pays off when the batch is large
+    (training); a decoding step (weight-bound, few rows per expert) keeps one grid."""
+    return m >= TWO_GRID_MIN_ROWS and n_experts >= 4
+
+
 def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int | None = None):
     """Like routed_experts_ragged, with the grouped GEMM done block by block: each expert's sorted rows are cut
     into blocks of `block` rows (default: block_rows); large blocks run as a loop of plain GEMM chains
@@ -117,10 +127,13 @@ def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int | 
     with jax.named_scope("dispatch"):  # profiler trace names (V3 report Figure 2)
         order, inverse, sizes = sort_assignments(experts, e)
     if block is None and capacity_beats_blocks(n, k, e, *w1.shape[1:]):  # k distinct experts: <= n rows each
+        if two_grids(n * k, e):
+            caps, overflow = block_capacity.two_grid_ladders(n * k, e, n)
+        else:
+            caps, overflow = block_capacity.capacities(n * k, e, n), None
         with jax.named_scope("experts"):  # the capacity batch gathers from the tokens and into assignment order
-            y = block_capacity.capacity_swiglu(x, order, inverse, sizes, w1, w2, w3, k,
-                                               block_capacity.capacities(n * k, e, n), block_rows(n * k, e),
-                                               jnp.dtype(dtype))
+            y = block_capacity.capacity_swiglu(x, order, inverse, sizes, w1, w2, w3, k, caps,
+                                               block_rows(n * k, e), jnp.dtype(dtype), overflow)
     else:
         with jax.named_scope("dispatch"):
             xs = _rows(x, order // k)

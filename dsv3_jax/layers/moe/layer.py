@@ -76,6 +76,10 @@ class MoE(nn.Module):
         # Tokens stay split over the batch axes (they are the batch's rows, flattened).
         tokens = sharding.constrain(x.reshape(b * t, d), sharding.TOKENS_EMBED, mesh)
         on = regions_on(c)
+        if norm is not None and not on:
+            # Normed once for all three consumers: then its backward also runs once, on their summed cotangent
+            # (a norm per consumer would run three norm backwards and keep three norms' intermediates).
+            tokens, norm = norm(tokens), None
         normed = lambda then: then(tokens) if norm is None else norm(tokens, then=then, recompute=on)  # noqa: E731
         with jax.named_scope("router"):  # profiler trace names (V3 report Figure 2)
             scores = normed(lambda h: router.affinities(h, gate_w, c.score_func))

@@ -1,7 +1,7 @@
 """layers/moe/block_loop.py, block_gather.py and block_capacity.py: the block bookkeeping, the capacity ladder,
 and the three grouped SwiGLUs of the blocked backend (a loop of GEMMs; one batched matmul over gathered
-weights; one batched matmul over capacity slots, with the loop as its overflow branch) against a per-row loop
-and plain autodiff."""
+weights; one batched matmul over capacity slots, or two (a base grid and an overflow grid over the fullest
+experts), with the loop as their overflow branch) against a per-row loop and plain autodiff."""
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,13 @@ def _capacity(max_rows):
     return swiglu
 
 
+def _two_grids(caps, overflow):
+    def swiglu(xs, sizes, w1, w2, w3, block, dtype):
+        rows = jnp.arange(xs.shape[0])
+        return block_capacity.capacity_swiglu(xs, rows, rows, sizes, w1, w2, w3, 1, caps, block, dtype, overflow)
+    return swiglu
+
+
 @pytest.mark.parametrize("m,e,max_rows,want", [(64, 16, 16, (6, 8, 10, 13, 16)), (4, 16, 1, (1,)),
                                                (20, 5, 9, (6, 8, 9)), (2048, 16, 512, (140, 175, 219, 274))])
 def test_capacity_ladder(m, e, max_rows, want):
@@ -50,11 +57,16 @@ def test_capacity_ladder(m, e, max_rows, want):
     assert block_capacity.expected_capacity(m, e, max_rows) in caps
 
 
-# The rows below: 5 experts, 20 rows, the largest group 9. Ladder (6, 8, 9): with max_rows 9 the top rung runs;
-# with max_rows 12 (ladder 6, 8, 10, 12) rung 10 does; with max_rows 4 no rung holds 9 and the loop branch runs.
+# The rows below: 5 experts, 20 rows, groups (4, 0, 9, 1, 6). Ladder (6, 8, 9): with max_rows 9 the top rung
+# runs; with max_rows 12 (ladder 6, 8, 10, 12) rung 10 does; with max_rows 4 no rung holds 9 and the loop branch
+# runs. Two grids with the 2 fullest (9 and 6) getting overflow slots: the base grid must hold the third (4):
+# base 4 + overflow 5 (rung 5 of 2, 5), base 5 + overflow 4 (rung 5: slots past the excess), and base 4 with
+# no overflow rung holding 5 (the loop runs everything).
 @pytest.mark.parametrize("swiglu", [block_loop.looped_swiglu, block_gather.gathered_swiglu, _capacity(9),
-                                    _capacity(12), _capacity(4)],
-                         ids=["loop", "gather", "capacity-top", "capacity-mid", "capacity-overflow"])
+                                    _capacity(12), _capacity(4), _two_grids((4, 7), (2, (2, 5))),
+                                    _two_grids((5,), (2, (5,))), _two_grids((4,), (2, (1, 3)))],
+                         ids=["loop", "gather", "capacity-top", "capacity-mid", "capacity-overflow", "two-grids",
+                              "two-grids-padded", "two-grids-loop"])
 @pytest.mark.parametrize("block", [1, 3, 8])
 def test_blocked_swiglu_value_and_gradients(block, swiglu):
     rng = np.random.default_rng(0)
@@ -77,3 +89,20 @@ def test_blocked_swiglu_value_and_gradients(block, swiglu):
     for got, ref in zip(g, want):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
     assert np.all(np.asarray(g[1])[1] == 0)  # the empty expert gets no gradient
+
+
+@pytest.mark.parametrize("sizes,want_base,want_over", [([4, 0, 9, 1, 6], 0, 1), ([3, 3, 3, 3, 3], 0, 0),
+                                                       ([0, 0, 15, 0, 0], 2, 0), ([5, 5, 5, 0, 0], 1, 0)])
+def test_two_grid_plan(sizes, want_base, want_over):
+    # Base ladder (4, 7), 2 fullest with overflow ladder (2, 5): the base holds the third fullest, the
+    # overflow the largest excess over the base rung; index len(ladder) means the loop (then overflow 0).
+    plan = block_capacity.Plan(jnp.asarray(sizes, jnp.int32), (4, 7), (2, (2, 5)))
+    assert (int(plan.base), int(plan.over)) == (want_base, want_over)
+    assert sorted(np.asarray(plan.heavy).tolist()) == sorted(np.argsort(-np.asarray(sizes), kind="stable")[:2])
+
+
+def test_two_grid_ladders():
+    base, (h, over) = block_capacity.two_grid_ladders(8192, 16, 2048)
+    assert h == 8 and base == (448, 480, 514, 550, 589, 631) and over == (32, 64, 128, 192, 256, 320, 384, 512)
+    base, (h, over) = block_capacity.two_grid_ladders(20, 5, 9)  # mean 4: rungs step by at least one row
+    assert base == (4, 5, 6, 7, 8) and over == (1, 2, 3, 4) and h == 2

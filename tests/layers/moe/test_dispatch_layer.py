@@ -98,3 +98,25 @@ def test_moe_layer_matches_reference(overrides):
     for impl in ("dense", "blocked"):
         other = MoE(cfg.replace(moe_impl=impl)).apply(variables, jnp.asarray(x))[0]
         np.testing.assert_allclose(y, other, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("skew", [False, True])
+def test_two_grid_capacity_batch_equals_dense(skew, monkeypatch):
+    # Training-sized batches (dispatch.TWO_GRID_MIN_ROWS) run a base grid and an overflow grid over the fullest
+    # experts (block_capacity.Plan); lowered here so the small problem takes that path, values and gradients.
+    # Unskewed: groups (9, 10, 9, 9, 11), base rung 9 plus a 2-row overflow grid; skewed: the loop runs.
+    monkeypatch.setattr(dispatch, "TWO_GRID_MIN_ROWS", 1)
+    assert dispatch.two_grids(48, 5) and not dispatch.two_grids(48, 2)
+    x, w, experts, (w1, w2, w3) = _problem(skew=skew, seed=6)
+    args = [jnp.asarray(a) for a in (x, w, w1, w2, w3)]
+
+    def loss(impl, x, w, w1, w2, w3):
+        return jnp.sum(jnp.sin(impl(x, w, jnp.asarray(experts), w1, w2, w3, jnp.float32)))
+
+    got = dispatch.routed_experts_blocked(args[0], args[1], jnp.asarray(experts), *args[2:], jnp.float32)
+    want = dispatch.routed_experts_dense(args[0], args[1], jnp.asarray(experts), *args[2:], jnp.float32)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    g_b = jax.grad(lambda *a: loss(dispatch.routed_experts_blocked, *a), argnums=(0, 1, 2, 3, 4))(*args)
+    g_d = jax.grad(lambda *a: loss(dispatch.routed_experts_dense, *a), argnums=(0, 1, 2, 3, 4))(*args)
+    for a, b in zip(g_b, g_d):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
