@@ -106,7 +106,9 @@ class Window:
         index = jnp.arange(g) if index is None else index
         # Each assignment's slot, clipped into the grid: exact for the assignments the grid holds, another
         # slot's value for the rest (the overflow grid's, which `write` then puts in place).
-        self.flat = jnp.clip(index[slots.group] * cap + slots.local - start, 0, g * cap - 1)
+        slot, col = index[slots.group], slots.local - start
+        self.flat = jnp.clip(slot * cap + col, 0, g * cap - 1)
+        self.mine = jnp.where((slot >= 0) & (col >= 0) & (col < cap), slot * cap + col, g * cap)  # g·cap: none
         self.valid = start + jnp.arange(cap)[None, :] < slots.sizes[experts][:, None]  # [G, C]
 
     def rows(self):
@@ -127,6 +129,22 @@ class Window:
         """buffer [G, C, X] -> [M, X] per assignment (token-major: assignment j of token t at t·k + j), exact
         for the assignments this grid holds."""
         return buffer.reshape(-1, buffer.shape[-1]).at[self.flat].get(mode="promise_in_bounds")
+
+    def slot_values(self, v):
+        """v [M] per assignment -> [G, C], zero in the slots past an expert's rows."""
+        return jnp.where(self.valid, v.at[self.s.order[self.rows()]].get(mode="promise_in_bounds"), 0)
+
+    def token_sum(self, buffer):
+        """buffer [G, C, X] -> [N, X]: for each token the sum over its k assignments this grid holds (k gathers
+        that XLA fuses into the sum: no [M, X] array)."""
+        flat, k = buffer.reshape(-1, buffer.shape[-1]), self.s.k
+        return sum(flat.at[self.mine[j::k]].get(mode="fill", fill_value=0) for j in range(k))
+
+    def token_add(self, target, buffer):
+        """target [N, X] plus this grid's valid slots of buffer [G, C, X] added to their tokens (a scatter)."""
+        n = target.shape[0]
+        dest = jnp.where(self.valid, self.s.order[self.rows()] // self.s.k, n).reshape(-1)  # n: dropped
+        return target.at[dest].add(buffer.reshape(-1, buffer.shape[-1]).astype(target.dtype), mode="drop")
 
     def write(self, target, buffer):
         """target [M, X] per assignment with this grid's assignments set from buffer [G, C, X] (a scatter of
@@ -180,107 +198,131 @@ class Plan:
         self.heavy_index = jnp.full(sizes.shape, -1, jnp.int32).at[self.heavy].set(jnp.arange(h, dtype=jnp.int32))
 
 
-def _window_slots(win, x, w1, w2, w3, dtype, keep: bool):
-    """The window's SwiGLU on its slots: (y [G, C, D], and when `keep` a, b [G, C, F]) fp32."""
+def _window_slots(win, x, w1, w2, w3, dtype):
+    """The window's SwiGLU on its slots: (y [G, C, D], a, b [G, C, F]) fp32."""
     xb = win.tokens(x)
     a, b = _dot("ecd,edf->ecf", xb, w1, dtype), _dot("ecd,edf->ecf", xb, w3, dtype)
-    y = _dot("ecf,efd->ecd", jax.nn.silu(a) * b, w2, dtype)
-    return (y, a, b) if keep else (y,)
+    return _dot("ecf,efd->ecd", jax.nn.silu(a) * b, w2, dtype), a, b
 
 
-def _window_grads(win, x, w1, w2, w3, a_rows, b_rows, dy, dtype):
-    """(dx [G, C, D] per slot, dW1, dW2, dW3 of the window's experts), fp32."""
-    xb = win.tokens(x)
-    g_out = win.assignments(dy)  # slots past an expert's rows carry no gradient
+def _window_grads(win, x, weights, w1, w2, w3, a_rows, b_rows, dy, dtype):
+    """The window's part of the backward: (dx [G, C, D] per slot, d(routing weight) [G, C], dW1, dW2, dW3 of
+    its experts), fp32. dy [N, D] is the combined output's cotangent; slot (g, c) of assignment a of token t
+    sees g = dy[t] (unweighted) and its weight w_a: y_t = Σ_a w_a·SwiGLU(x_t), so dW2 = (w·h)ᵀ g,
+    d(h) = w·(g W2ᵀ) and d(w_a) = h·(g W2ᵀ), with h = silu(a)·b; no expert output is kept or recomputed."""
+    xb, g = win.tokens(x), jnp.where(win.valid[..., None], win.tokens(dy), 0)
+    wt = win.slot_values(weights.reshape(-1))[..., None]  # [G, C, 1], zero past an expert's rows
     a, b = win.assignments(a_rows), win.assignments(b_rows)
     s = jax.nn.sigmoid(a)
     act = a * s
-    d2 = _dot("ecf,ecd->efd", act * b, g_out, dtype)
-    dg = _dot("ecd,efd->ecf", g_out, w2, dtype)
+    h = act * b
+    d2 = _dot("ecf,ecd->efd", wt * h, g, dtype)
+    dgu = _dot("ecd,efd->ecf", g, w2, dtype)
+    dw = jnp.sum(h * dgu, axis=-1)
+    dg = wt * dgu
     da, db = dg * b * (s + act * (1 - s)), dg * act  # d silu(a)/da = s·(1 + a·(1 − s))
     d1, d3 = _dot("ecd,ecf->edf", xb, da, dtype), _dot("ecd,ecf->edf", xb, db, dtype)
     dx = _dot("ecf,edf->ecd", da, w1, dtype) + _dot("ecf,edf->ecd", db, w3, dtype)
-    return (dx, *(_reduced(g, w) for g, w in ((d1, w1), (d2, w2), (d3, w3))))
+    return (dx, dw, *(_reduced(g, w) for g, w in ((d1, w1), (d2, w2), (d3, w3))))
 
 
 def _switch(index, branches):
     return jax.lax.switch(index, branches) if len(branches) > 1 else branches[0]()
 
 
-def _forward(x, order, inverse, sizes, w1, w2, w3, k, caps, block, dtype, overflow, keep: bool):
-    """y [M, D] per assignment, token-major, and when `keep` the up-projections a = x·W1, b = x·W3 [M, F] fp32.
-    The base grid's branch reads every assignment from its slots (exact except for the overflow grid's rows);
-    the overflow grid's branch then writes its rows in place."""
+def _combine(ys, weights):
+    n, k = weights.shape
+    return jnp.einsum("nkd,nk->nd", ys.reshape(n, k, -1), weights.astype(ys.dtype))
+
+
+def _looped_moe(x, weights, order, inverse, sizes, w1, w2, w3, k, block, dtype):
+    """The loop branch: y [N, D] fp32 and the up-projections a, b [M, F] per assignment."""
+    xs = x.at[order // k].get(mode="promise_in_bounds")
+    ys, (_, _, h1, h3, *_) = block_loop._forward(xs, sizes, w1, w2, w3, block, dtype)
+    back = lambda v: v.at[inverse].get(mode="promise_in_bounds")  # noqa: E731
+    return _combine(back(ys).astype(jnp.float32), weights), back(h1), back(h3)
+
+
+def _forward(x, weights, order, inverse, sizes, w1, w2, w3, k, caps, block, dtype, overflow):
+    """(y [N, D] = Σ_j weights[t, j]·SwiGLU of token t's j-th expert, and the up-projections a = x·W1,
+    b = x·W3 [M, F] fp32 per assignment, token-major). The base grid's branch combines the assignments it
+    holds and reads a, b for every assignment (exact except for the overflow grid's rows); the overflow
+    grid's branch adds its rows' outputs to their tokens and writes its a, b in place."""
     slots, plan = Slots(order, inverse, sizes, k), Plan(sizes, caps, overflow)
     experts = jnp.arange(sizes.shape[0])
 
     def batched(cap):
         win = slots.window(experts, 0, cap)
-        return tuple(win.read(v) for v in _window_slots(win, x, w1, w2, w3, dtype, keep))
+        y, a, b = _window_slots(win, x, w1, w2, w3, dtype)
+        wt = win.slot_values(weights.reshape(-1).astype(jnp.float32))[..., None]
+        return win.token_sum(wt * y), win.read(a), win.read(b)
 
-    def looped():
-        xs = x.at[order // k].get(mode="promise_in_bounds")
-        ys, (_, _, h1, h3, *_) = block_loop._forward(xs, sizes, w1, w2, w3, block, dtype)
-        back = lambda v: v.at[inverse].get(mode="promise_in_bounds")  # noqa: E731
-        return (back(ys).astype(jnp.float32), back(h1), back(h3))[:3 if keep else 1]
-
+    looped = functools.partial(_looped_moe, x, weights, order, inverse, sizes, w1, w2, w3, k, block, dtype)
     out = jax.lax.switch(plan.base, [functools.partial(batched, c) for c in caps] + [looped])
     if overflow is not None:
         heavy = [w[plan.heavy] for w in (w1, w2, w3)]
 
-        def over(cap, out):
+        def over(cap, y_tok, a_rows, b_rows):
             win = slots.window(plan.heavy, plan.start, cap, plan.heavy_index)
-            return tuple(win.write(t, v) for t, v in zip(out, _window_slots(win, x, *heavy, dtype, keep)))
+            y, a, b = _window_slots(win, x, *heavy, dtype)
+            wt = win.slot_values(weights.reshape(-1).astype(jnp.float32))[..., None]
+            return win.token_add(y_tok, wt * y), win.write(a_rows, a), win.write(b_rows, b)
 
-        out = _switch(plan.over, [functools.partial(over, c, out) for c in overflow[1]])
-    return (out[0].astype(dtype), *out[1:])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11))
-def capacity_swiglu(x, order, inverse, sizes, w1, w2, w3, k: int, caps: tuple[int, ...], block: int, dtype,
-                    overflow: tuple | None = None):
-    """y [M, D] per assignment (token-major): assignment a = t·k + j of token t through its expert's SwiGLU.
-    order/inverse [M]: the stable sort of the assignments by expert and its inverse, sizes [E] the group sizes
-    (dispatch.sort_assignments); w1, w3 [E, D, F], w2 [E, F, D]; `block` is the loop branch's block;
-    overflow: None (one grid) or (H, overflow ladder) (a base grid and an overflow grid, see Plan)."""
-    return _forward(x, order, inverse, sizes, w1, w2, w3, k, caps, block, dtype, overflow, False)[0]
+        out = _switch(plan.over, [functools.partial(over, c, *out) for c in overflow[1]])
+    return out
 
 
-def _fwd(x, order, inverse, sizes, w1, w2, w3, k, caps, block, dtype, overflow):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11, 12))
+def capacity_moe(x, weights, order, inverse, sizes, w1, w2, w3, k: int, caps: tuple[int, ...], block: int, dtype,
+                 overflow: tuple | None = None):
+    """y [N, D] = Σ_j weights[t, j] · SwiGLU_{e(t, j)}(x_t): the routed experts of x [N, D] combined with the
+    routing weights [N, k]. order/inverse [M]: the stable sort of the N·k assignments (token-major) by expert
+    and its inverse, sizes [E] the group sizes (dispatch.sort_assignments); w1, w3 [E, D, F], w2 [E, F, D];
+    `block` is the loop branch's block; overflow: None (one grid) or (H, overflow ladder) (a base grid and an
+    overflow grid, see Plan)."""
+    return _forward(x, weights, order, inverse, sizes, w1, w2, w3, k, caps, block, dtype,
+                    overflow)[0].astype(dtype)
+
+
+def _fwd(x, weights, order, inverse, sizes, w1, w2, w3, k, caps, block, dtype, overflow):
     # Residuals: the inputs and the two up-projections per assignment (the backward multiplies 6 GEMMs, not 8).
-    y, a, b = _forward(x, order, inverse, sizes, w1, w2, w3, k, caps, block, dtype, overflow, True)
-    return y, (x, order, inverse, sizes, w1, w2, w3, a, b)
+    y, a, b = _forward(x, weights, order, inverse, sizes, w1, w2, w3, k, caps, block, dtype, overflow)
+    return y.astype(dtype), (x, weights, order, inverse, sizes, w1, w2, w3, a, b)
 
 
 def _bwd(k, caps, block, dtype, overflow, res, dy):
-    x, order, inverse, sizes, w1, w2, w3, a_rows, b_rows = res
+    x, weights, order, inverse, sizes, w1, w2, w3, a_rows, b_rows = res
     slots, plan = Slots(order, inverse, sizes, k), Plan(sizes, caps, overflow)
-    n, experts = x.shape[0], jnp.arange(sizes.shape[0])
+    experts = jnp.arange(sizes.shape[0])
+    dy = dy.astype(jnp.float32)
 
     def batched(cap):
         win = slots.window(experts, 0, cap)
-        dx, *grads = _window_grads(win, x, w1, w2, w3, a_rows, b_rows, dy, dtype)
-        return (win.read(dx), *grads)
+        dx, dw, *grads = _window_grads(win, x, weights, w1, w2, w3, a_rows, b_rows, dy, dtype)
+        return (win.token_sum(dx), win.read(dw[..., None])[:, 0], *grads)
 
-    def looped():  # differentiated with respect to the gathered rows: dx per assignment, like the grids'
-        xs = x.at[order // k].get(mode="promise_in_bounds")
-        _, vjp = jax.vjp(lambda *a: block_loop.looped_swiglu(*a[:1], sizes, *a[1:], block, dtype), xs, w1, w2, w3)
-        dxs, *grads = vjp(dy.astype(dtype).at[order].get(mode="promise_in_bounds"))
-        # block_loop's backward already sums the weight gradients over the invariant axes
-        return tuple(g.astype(jnp.float32) for g in (dxs.at[inverse].get(mode="promise_in_bounds"), *grads))
+    def looped():
+        def f(x, weights, w1, w2, w3):
+            xs = x.at[order // k].get(mode="promise_in_bounds")
+            ys = block_loop.looped_swiglu(xs, sizes, w1, w2, w3, block, dtype)
+            return _combine(ys.at[inverse].get(mode="promise_in_bounds").astype(jnp.float32), weights)
+        _, vjp = jax.vjp(f, x, weights.astype(jnp.float32), w1, w2, w3)
+        dx, dw, *grads = vjp(dy)  # block_loop's backward already sums the weight gradients over invariant axes
+        return (dx.astype(jnp.float32), dw.reshape(-1), *(g.astype(jnp.float32) for g in grads))
 
-    dx, *grads = jax.lax.switch(plan.base, [functools.partial(batched, c) for c in caps] + [looped])
+    dx, dw, *grads = jax.lax.switch(plan.base, [functools.partial(batched, c) for c in caps] + [looped])
     if overflow is not None:
         heavy = [w[plan.heavy] for w in (w1, w2, w3)]
 
-        def over(cap, dx, grads):
+        def over(cap, dx, dw, grads):
             win = slots.window(plan.heavy, plan.start, cap, plan.heavy_index)
-            d, *g = _window_grads(win, x, *heavy, a_rows, b_rows, dy, dtype)
-            return (win.write(dx, d), *(full.at[plan.heavy].add(part) for full, part in zip(grads, g)))
+            d, dwo, *g = _window_grads(win, x, weights, *heavy, a_rows, b_rows, dy, dtype)
+            return (win.token_add(dx, d), win.write(dw[:, None], dwo[..., None])[:, 0],
+                    *(full.at[plan.heavy].add(part) for full, part in zip(grads, g)))
 
-        dx, *grads = _switch(plan.over, [functools.partial(over, c, dx, grads) for c in overflow[1]])
-    dx = dx.reshape(n, k, -1).sum(1)  # a token's k assignments, summed
-    return (dx.astype(x.dtype), None, None, None, *(g.astype(w.dtype) for g, w in zip(grads, (w1, w2, w3))))
+        dx, dw, *grads = _switch(plan.over, [functools.partial(over, c, dx, dw, grads) for c in overflow[1]])
+    return (dx.astype(x.dtype), dw.reshape(weights.shape).astype(weights.dtype), None, None, None,
+            *(g.astype(w.dtype) for g, w in zip(grads, (w1, w2, w3))))
 
 
-capacity_swiglu.defvjp(_fwd, _bwd)
+capacity_moe.defvjp(_fwd, _bwd)

@@ -30,7 +30,8 @@ def sort_assignments(experts, n_experts: int):
     """Order [M] that groups assignments by expert (stable), its inverse, and group sizes [E]."""
     flat = experts.reshape(-1)
     order = jnp.argsort(flat, stable=True)
-    inverse = jnp.argsort(order, stable=True)
+    inverse = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype),
+                                                  unique_indices=True)  # a permutation's inverse: no 2nd sort
     sizes = jnp.zeros((n_experts,), jnp.int32).at[flat].add(1)
     return order, inverse, sizes
 
@@ -131,20 +132,17 @@ def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int | 
             caps, overflow = block_capacity.two_grid_ladders(n * k, e, n)
         else:
             caps, overflow = block_capacity.capacities(n * k, e, n), None
-        with jax.named_scope("experts"):  # the capacity batch gathers from the tokens and into assignment order
-            y = block_capacity.capacity_swiglu(x, order, inverse, sizes, w1, w2, w3, k, caps,
+        with jax.named_scope("experts"):  # the capacity batch gathers from the tokens and combines into them
+            return block_capacity.capacity_moe(x, weights, order, inverse, sizes, w1, w2, w3, k, caps,
                                                block_rows(n * k, e), jnp.dtype(dtype), overflow)
-    else:
-        with jax.named_scope("dispatch"):
-            xs = _rows(x, order // k)
-        with jax.named_scope("experts"):
-            block = block or block_rows(n * k, e)
-            swiglu = block_loop.looped_swiglu if block >= LOOP_MIN_ROWS else block_gather.gathered_swiglu
-            ys = swiglu(xs, sizes, w1, w2, w3, block, jnp.dtype(dtype))
-        with jax.named_scope("combine"):
-            y = _rows(ys, inverse)
+    with jax.named_scope("dispatch"):
+        xs = _rows(x, order // k)
+    with jax.named_scope("experts"):
+        block = block or block_rows(n * k, e)
+        swiglu = block_loop.looped_swiglu if block >= LOOP_MIN_ROWS else block_gather.gathered_swiglu
+        ys = swiglu(xs, sizes, w1, w2, w3, block, jnp.dtype(dtype))
     with jax.named_scope("combine"):
-        return jnp.einsum("nkd,nk->nd", y.reshape(n, k, -1), weights.astype(dtype))
+        return jnp.einsum("nkd,nk->nd", _rows(ys, inverse).reshape(n, k, -1), weights.astype(dtype))
 
 
 def routed_experts_dense(x, weights, experts, w1, w2, w3, dtype):

@@ -38,14 +38,15 @@ def _capacity(max_rows):
     def swiglu(xs, sizes, w1, w2, w3, block, dtype):
         caps = block_capacity.capacities(xs.shape[0], sizes.shape[0], max_rows)
         rows = jnp.arange(xs.shape[0])  # already sorted: order and inverse are the identity, one row per token
-        return block_capacity.capacity_swiglu(xs, rows, rows, sizes, w1, w2, w3, 1, caps, block, dtype)
+        ones = jnp.ones((xs.shape[0], 1), jnp.float32)  # routing weight 1: the combined output is the row's
+        return block_capacity.capacity_moe(xs, ones, rows, rows, sizes, w1, w2, w3, 1, caps, block, dtype)
     return swiglu
 
 
 def _two_grids(caps, overflow):
     def swiglu(xs, sizes, w1, w2, w3, block, dtype):
-        rows = jnp.arange(xs.shape[0])
-        return block_capacity.capacity_swiglu(xs, rows, rows, sizes, w1, w2, w3, 1, caps, block, dtype, overflow)
+        rows, ones = jnp.arange(xs.shape[0]), jnp.ones((xs.shape[0], 1), jnp.float32)
+        return block_capacity.capacity_moe(xs, ones, rows, rows, sizes, w1, w2, w3, 1, caps, block, dtype, overflow)
     return swiglu
 
 
