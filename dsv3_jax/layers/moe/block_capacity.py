@@ -1,15 +1,18 @@
-"""Grouped SwiGLU as ONE batched matmul over the experts: each expert's sorted rows are copied into a slot of a
-[E, C, D] buffer and multiplied by its own weights, read in place, [E, C, D] x [E, D, F].
+"""The routed experts as batched matmuls over per-expert capacity slots: each expert's sorted rows are copied
+into a slot of an [E, C, D] grid and multiplied by its own weights, read in place, [E, C, D] x [E, D, F]; the
+outputs are combined into the tokens with the routing weights (`capacity_moe`).
 
-The decoding form of the blocked backend. A decoding step has a few rows per expert (k per token), so a loop of
-per-expert GEMMs pays its iterations' overhead and a batched matmul over per-block gathered weights pays a copy
-of every weight it reads; here the only copies are of rows. The capacity C is picked AT RUN TIME from a static
-ladder (`capacities`) with `lax.switch`: the smallest rung that holds the fullest expert, so no row is ever
-dropped and the padding is at most a rung's step. A group larger than every rung (a badly balanced batch, or
-more rows than tokens, which top-k routing never produces) takes the last branch, the loop of block_loop.py:
-exact for any input. Slots past an expert's row count hold other rows, computed and never read back. The rows
-are gathered straight from the tokens and the outputs straight into assignment order (no sorted copy), and
-the forward keeps the two up-projections for the backward.
+The decoding form of the blocked backend, and its training form when the per-expert GEMMs are large. A decoding
+step has a few rows per expert (k per token), so a loop of per-expert GEMMs pays its iterations' overhead and a
+batched matmul over per-block gathered weights pays a copy of every weight it reads; here the only copies are
+of rows. The capacity C is picked AT RUN TIME from a static ladder (`capacities`) with `lax.switch`: the
+smallest rung that holds the fullest expert, so no row is ever dropped and the padding is at most a rung's step.
+A group larger than every rung (a badly balanced batch, or more rows than tokens, which top-k routing never
+produces) takes the last branch, the loop of block_loop.py: exact for any input. Slots past an expert's row
+count hold other rows, computed and never read back. Training-sized batches run two grids (`Plan`): a base grid
+and an overflow grid over the fullest half's excess, so one hot expert does not pad every expert to its load.
+The rows are gathered straight from the tokens and the outputs summed straight into them (no sorted copy),
+and the forward keeps the two up-projections for the backward.
 
 Legend: M sorted rows, D model dim, F expert hidden, E experts, C capacity (slots per expert).
 """
