@@ -238,19 +238,20 @@ def _combine(ys, weights):
     return jnp.einsum("nkd,nk->nd", ys.reshape(n, k, -1), weights.astype(ys.dtype))
 
 
-def _looped_moe(x, weights, order, inverse, sizes, w1, w2, w3, k, block, dtype):
-    """The loop branch: y [N, D] fp32 and the up-projections a, b [M, F] per assignment."""
+def _looped_moe(x, weights, order, inverse, sizes, w1, w2, w3, k, block, dtype, keep):
+    """The loop branch: y [N, D] fp32 and, when `keep`, the up-projections a, b [M, F] per assignment."""
     xs = x.at[order // k].get(mode="promise_in_bounds")
     ys, (_, _, h1, h3, *_) = block_loop._forward(xs, sizes, w1, w2, w3, block, dtype)
     back = lambda v: v.at[inverse].get(mode="promise_in_bounds")  # noqa: E731
-    return _combine(back(ys).astype(jnp.float32), weights), back(h1), back(h3)
+    y = _combine(back(ys).astype(jnp.float32), weights)
+    return (y, back(h1), back(h3)) if keep else (y,)
 
 
-def _forward(x, weights, order, inverse, sizes, w1, w2, w3, k, caps, block, dtype, overflow):
-    """(y [N, D] = Σ_j weights[t, j]·SwiGLU of token t's j-th expert, and the up-projections a = x·W1,
-    b = x·W3 [M, F] fp32 per assignment, token-major). The base grid's branch combines the assignments it
-    holds and reads a, b for every assignment (exact except for the overflow grid's rows); the overflow
-    grid's branch adds its rows' outputs to their tokens and writes its a, b in place."""
+def _forward(x, weights, order, inverse, sizes, w1, w2, w3, k, caps, block, dtype, overflow, keep: bool):
+    """(y [N, D] = Σ_j weights[t, j]·SwiGLU of token t's j-th expert, and when `keep` the up-projections
+    a = x·W1, b = x·W3 [M, F] fp32 per assignment, token-major). The base grid's branch combines the
+    assignments it holds and reads a, b for every assignment (exact except for the overflow grid's rows); the
+    overflow grid's branch adds its rows' outputs to their tokens and writes its a, b in place."""
     slots, plan = Slots(order, inverse, sizes, k), Plan(sizes, caps, overflow)
     experts = jnp.arange(sizes.shape[0])
 
@@ -258,18 +259,18 @@ def _forward(x, weights, order, inverse, sizes, w1, w2, w3, k, caps, block, dtyp
         win = slots.window(experts, 0, cap)
         y, a, b = _window_slots(win, x, w1, w2, w3, dtype)
         wt = win.slot_values(weights.reshape(-1).astype(jnp.float32))[..., None]
-        return win.token_sum(wt * y), win.read(a), win.read(b)
+        return (win.token_sum(wt * y), win.read(a), win.read(b)) if keep else (win.token_sum(wt * y),)
 
-    looped = functools.partial(_looped_moe, x, weights, order, inverse, sizes, w1, w2, w3, k, block, dtype)
+    looped = functools.partial(_looped_moe, x, weights, order, inverse, sizes, w1, w2, w3, k, block, dtype, keep)
     out = jax.lax.switch(plan.base, [functools.partial(batched, c) for c in caps] + [looped])
     if overflow is not None:
         heavy = [w[plan.heavy] for w in (w1, w2, w3)]
 
-        def over(cap, y_tok, a_rows, b_rows):
+        def over(cap, y_tok, *rows):
             win = slots.window(plan.heavy, plan.start, cap, plan.heavy_index)
             y, a, b = _window_slots(win, x, *heavy, dtype)
             wt = win.slot_values(weights.reshape(-1).astype(jnp.float32))[..., None]
-            return win.token_add(y_tok, wt * y), win.write(a_rows, a), win.write(b_rows, b)
+            return (win.token_add(y_tok, wt * y), *(win.write(t, v) for t, v in zip(rows, (a, b))))
 
         out = _switch(plan.over, [functools.partial(over, c, *out) for c in overflow[1]])
     return out
@@ -283,13 +284,13 @@ def capacity_moe(x, weights, order, inverse, sizes, w1, w2, w3, k: int, caps: tu
     and its inverse, sizes [E] the group sizes (dispatch.sort_assignments); w1, w3 [E, D, F], w2 [E, F, D];
     `block` is the loop branch's block; overflow: None (one grid) or (H, overflow ladder) (a base grid and an
     overflow grid, see Plan)."""
-    return _forward(x, weights, order, inverse, sizes, w1, w2, w3, k, caps, block, dtype,
-                    overflow)[0].astype(dtype)
+    return _forward(x, weights, order, inverse, sizes, w1, w2, w3, k, caps, block, dtype, overflow,
+                    False)[0].astype(dtype)
 
 
 def _fwd(x, weights, order, inverse, sizes, w1, w2, w3, k, caps, block, dtype, overflow):
     # Residuals: the inputs and the two up-projections per assignment (the backward multiplies 6 GEMMs, not 8).
-    y, a, b = _forward(x, weights, order, inverse, sizes, w1, w2, w3, k, caps, block, dtype, overflow)
+    y, a, b = _forward(x, weights, order, inverse, sizes, w1, w2, w3, k, caps, block, dtype, overflow, True)
     return y.astype(dtype), (x, weights, order, inverse, sizes, w1, w2, w3, a, b)
 
 
