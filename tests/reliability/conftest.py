@@ -51,13 +51,18 @@ def step_dir(workdir, step):
     return os.path.join(workdir, "checkpoints", str(step))
 
 
-def truncate_largest_data_file(workdir, step, size=1000):
-    """Cut the largest array-data file of checkpoint `step` to `size` bytes (a write the disk lost)."""
+def truncate_data_files(workdir, step, size=1000):
+    """Cut the array-data files of checkpoint `step` larger than `size` bytes to `size` (writes the disk lost).
+    Every large file, not only the largest: orbax spreads the arrays over several files in an order that varies
+    from run to run, so the largest alone may hold only the optimizer state, which loading the params never
+    reads."""
     files = [f for f in glob.glob(os.path.join(step_dir(workdir, step), "state", "**", "d", "*"), recursive=True)]
-    largest = max(files, key=os.path.getsize)
-    with open(largest, "r+b") as f:
-        f.truncate(size)
-    return largest
+    cut = [f for f in files if os.path.getsize(f) > size]
+    assert cut, f"no data file of checkpoint {step} is larger than {size} bytes"
+    for path in cut:
+        with open(path, "r+b") as f:
+            f.truncate(size)
+    return max(cut, key=os.path.getsize)
 
 
 def delete_arrays(workdir, step, prefix: bytes):

@@ -15,7 +15,7 @@ import pytest
 
 from dsv3_jax.train import checkpoint, restore
 from dsv3_jax.train.state import TrainState
-from tests.reliability.conftest import delete_arrays, step_dir, truncate_largest_data_file, write_nonfinite_checkpoint
+from tests.reliability.conftest import delete_arrays, step_dir, truncate_data_files, write_nonfinite_checkpoint
 
 
 def _load_full(workdir, capfd):
@@ -32,7 +32,7 @@ def _equal(a, b) -> bool:
 
 def test_truncated_data_file_falls_back_with_one_clear_line(workdir, capfd):
     # Landed code: exit 1 with ~1,300 lines of tracebacks ("Event loop is closed" x100); checkpoint 2 never tried.
-    truncate_largest_data_file(workdir, 4)
+    truncate_data_files(workdir, 4)
     capfd.readouterr()
     _, _, state = restore.load_workdir(workdir)
     err = capfd.readouterr().err
@@ -77,7 +77,7 @@ def test_no_usable_checkpoint_names_each(workdir, capfd):
 
 
 def test_explicit_step_does_not_fall_back(workdir):
-    truncate_largest_data_file(workdir, 2)
+    truncate_data_files(workdir, 2)
     warnings = []
     with pytest.raises(ValueError, match=r"no usable checkpoint .*checkpoint 2: state/ array"):
         restore.load_variables(workdir, step=2, warn=warnings.append)

@@ -14,7 +14,7 @@ import pytest
 
 from dsv3_jax.cli import convert, generate
 from dsv3_jax.train import restore
-from tests.reliability.conftest import step_dir, truncate_largest_data_file, write_nonfinite_checkpoint
+from tests.reliability.conftest import step_dir, truncate_data_files, write_nonfinite_checkpoint
 
 
 def _generate(monkeypatch, capsys, workdir, *flags):
@@ -64,7 +64,7 @@ class _Records(logging.Handler):
 
 
 def test_generate_falls_back_past_a_corrupt_checkpoint_and_is_quiet(workdir, monkeypatch, capsys):
-    truncate_largest_data_file(workdir, 4)
+    truncate_data_files(workdir, 4)
     seen = _Records()
     logging.getLogger("absl").addHandler(seen)
     try:

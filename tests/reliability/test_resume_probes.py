@@ -9,7 +9,7 @@ import os
 import pytest
 
 from dsv3_jax.train.loop import train
-from tests.reliability.conftest import micro, read_rows, train_steps, truncate_largest_data_file
+from tests.reliability.conftest import micro, read_rows, train_steps, truncate_data_files
 
 
 def _snapshot(workdir):
@@ -57,7 +57,7 @@ def test_allowed_change_resumes_and_is_recorded(workdir):
 
 
 def test_corrupt_latest_is_moved_aside_and_training_continues(workdir):
-    truncate_largest_data_file(workdir, 4)
+    truncate_data_files(workdir, 4)
     log = []
     assert train(micro(steps=6), workdir, log=log.append)["step"] == 6
     warning = [m for m in log if m.startswith("warning: checkpoint 4")]
