@@ -13,9 +13,6 @@ import textwrap
 # Entries are keyed by the computation, so a stale entry can't be picked up; set the variable to override.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "dsv3_jax_test_xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-# A size bound makes jax lock the directory: the two xdist workers (and their subprocesses) otherwise can read
-# each other's half-written entries and abort deserializing them (dsv3_jax/train/compile_cache.py).
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(64 * 2**30))
 
 import jax  # noqa: E402  (after the cache settings, which jax reads at import)
 import pytest  # noqa: E402
@@ -25,7 +22,6 @@ from dsv3_jax.config import ModelConfig  # noqa: E402
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])  # if imported earlier
 jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
-jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
