@@ -175,9 +175,9 @@ def _index(caps, need):
 
 
 class Plan:
-    """Which grids run, as traced switch indices. One window (overflow None): every expert's rows in one
+    """Which grids run, as traced switch indices. One grid (overflow None): every expert's rows in one
     [E, C] grid, C the smallest rung of `caps` holding the fullest expert; index len(caps) is the loop.
-    Two windows (overflow = (H, over_caps)): the base grid [E, C] holds every expert's first C rows, C the
+    Two grids (overflow = (H, over_caps)): the base grid [E, C] holds every expert's first C rows, C the
     smallest rung holding the (H+1)-th fullest expert (so all but the H fullest fit entirely), and an
     overflow grid [H, C'] over the H fullest holds their rows past C, C' the smallest rung of over_caps
     holding the largest excess. The padding is then E·C + H·C' − M slots instead of E·max − M: with the
