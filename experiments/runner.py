@@ -143,6 +143,10 @@ def run_ablation(ablation: str, base: str, workdir: str, steps: int | None = Non
         t0 = time.time()
         log(f"[{ablation}] training {name} ({cd.train.steps} steps) in {run_dir}")
         train(cd, run_dir, log=log)
+        # The next variant is another config: nothing compiled here is reused, and jax's caches would keep
+        # every executable's JIT code mapped (about a thousand memory maps for a tiny model's forward and
+        # backward); a long sweep in one process would reach Linux's limit of 65,530 maps (vm.max_map_count).
+        jax.clear_caches()
         rows = read_metrics(run_dir)
         results.append(summarize(name, cd, rows, time.time() - t0))
         curves[name] = [(r["step"], r["ce"]) for r in rows if r["kind"] == "train"]

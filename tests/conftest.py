@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -24,6 +25,29 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Every compiled XLA:CPU executable keeps its JIT-compiled code in memory maps of its own (one tiny model's forward
+# and backward: about 1,000), and jax's caches keep every executable of the process alive. An xdist worker that
+# runs half the suite reached Linux's limit of 65,530 maps per process (vm.max_map_count): mmap then fails inside
+# XLA and the worker dies (SIGSEGV or SIGABRT in a compile or a cache write; the core dump had 65,202 maps).
+# Past MAX_MAPS, the caches are cleared after the test, which unmaps the executables no test holds any more.
+MAX_MAPS = 20_000
+
+
+def _map_count() -> int:
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux: no such limit to watch
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def _bounded_memory_maps():
+    yield
+    if _map_count() > MAX_MAPS:
+        jax.clear_caches()
+        gc.collect()
 
 
 def tiny_config(**overrides) -> ModelConfig:
