@@ -62,7 +62,6 @@ def truncate_data_files(workdir, step, size=1000):
     for path in cut:
         with open(path, "r+b") as f:
             f.truncate(size)
-    return max(cut, key=os.path.getsize)
 
 
 def delete_arrays(workdir, step, prefix: bytes):
