@@ -148,9 +148,15 @@ def _heads_major(a):
 
 
 def _attention_forward(qh, kh, vh, mask, scale):
-    scores = jnp.einsum("bhtk,bhsk->bhts", qh, kh, preferred_element_type=jnp.float32) * scale
-    visible = mask[:, None, :, :]
-    probs = jnp.where(visible, jax.nn.softmax(jnp.where(visible, scores, NEG_INF), axis=-1), 0.0)
+    # The mask enters as an additive bias [B,1,T,S] (0 or NEG_INF) rather than a select over [B,H,T,S]: the
+    # sum rounds to exactly NEG_INF where hidden, XLA:CPU fuses it into the softmax's passes instead of
+    # materializing the masked scores, and the softmax is written out so that zeroing the rows with no
+    # visible key is one factor [B,1,T,1] of its normalization (the probabilities are the same numbers).
+    bias = jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)[:, None]
+    scores = jnp.einsum("bhtk,bhsk->bhts", qh, kh, preferred_element_type=jnp.float32) * scale + bias
+    unnormalized = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+    seen = jnp.any(mask, axis=-1)[:, None, :, None]
+    probs = jnp.where(seen, unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True), 0.0)
     o = jnp.einsum("bhts,bhsv->bhtv", probs.astype(vh.dtype), vh, preferred_element_type=jnp.float32)
     return o.astype(vh.dtype), (qh, kh, vh, probs)
 

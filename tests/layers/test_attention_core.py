@@ -102,3 +102,16 @@ def test_masked_attention_closed_form_gradient_with_empty_rows():
     assert float(jnp.max(jnp.abs(out[:, 3:5]))) == 0.0
     g = jax.grad(lambda q: jnp.sum(ac.masked_attention(q, k, v, mask, 0.3) ** 2))(q)
     assert np.isfinite(np.asarray(g)).all() and float(jnp.max(jnp.abs(g[:, 3:5]))) == 0.0
+
+
+def test_mask_bias_gives_the_select_formulations_probabilities_exactly():
+    # The core adds the mask as a 0 / NEG_INF bias (one [B,1,T,S] operand XLA fuses) instead of selecting over
+    # [B,H,T,S]: the probabilities must be the very numbers of the select-then-softmax form, empty rows included.
+    q, k, v, mask = _inputs(16, seed=5)
+    mask = mask.at[0, 2].set(False)
+    qh, kh, vh = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
+    probs = jax.jit(lambda *a: ac._attention_forward(*a, 0.3)[1][3])(qh, kh, vh, mask)
+    scores = jnp.einsum("bhtk,bhsk->bhts", qh, kh) * 0.3
+    want = jnp.where(mask[:, None], jax.nn.softmax(jnp.where(mask[:, None], scores, ac.NEG_INF), axis=-1), 0.0)
+    np.testing.assert_array_equal(np.asarray(probs), np.asarray(want))
+    assert float(jnp.max(jnp.abs(probs[0, :, 2]))) == 0.0
