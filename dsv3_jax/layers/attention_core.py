@@ -151,7 +151,7 @@ def _attention_forward(qh, kh, vh, mask, scale):
     # The mask enters as an additive bias [B,1,T,S] (0 or NEG_INF) rather than a select over [B,H,T,S]: the
     # sum rounds to exactly NEG_INF where hidden, XLA:CPU fuses it into the softmax's passes instead of
     # materializing the masked scores, and the softmax is written out so that zeroing the rows with no
-    # visible key is one factor [B,1,T,1] of its normalization (the probabilities are the same numbers).
+    # visible key is a [B,1,T,1] condition on its normalization (the probabilities are the same numbers).
     bias = jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)[:, None]
     scores = jnp.einsum("bhtk,bhsk->bhts", qh, kh, preferred_element_type=jnp.float32) * scale + bias
     unnormalized = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
