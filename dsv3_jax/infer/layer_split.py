@@ -8,6 +8,13 @@ decoding step at 16 sequences). Given the layers as separate arguments, the mode
 jitted step is undone by XLA's slice-of-concatenate simplification, so every matmul reads its parameter
 buffer directly. The numbers are identical: `join_layers` rebuilds the same stacked tree inside the step.
 Stacks that are not unrolled stay stacked (their loop reads layer i with a dynamic slice either way).
+
+The routed experts' gate and up projections are also fused, w13 = w1 | w3 [E, D, 2F] in place of w1 and w3,
+where the expert backend has a fused form (moe_impl "blocked", no FP8: `fuses_experts`): a decoding step's
+capacity batch then multiplies [E, C, D] by one [E, D, 2F] matrix instead of two [E, D, F] ones, which XLA:CPU
+streams faster (measured: a batch-16 decoding step about a sixth shorter, the same tokens). Each output is the
+same dot product, equal to float32 rounding. Stacked or split, join_layers keeps w13; the model reads it
+(moe/layer.py).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import jax.numpy as jnp
 
 from dsv3_jax import param_tree as pt
 from dsv3_jax.layers.block import scan_unroll
+from dsv3_jax.layers.moe import experts as expert_backends
+from dsv3_jax.layers.resolve import resolve_config
 
 
 @jax.tree_util.register_pytree_node_class
@@ -42,17 +51,43 @@ def _map_stacks(cfg, variables: dict, fn, is_leaf=None) -> dict:
                   if isinstance(tree, dict) else tree) for col, tree in variables.items()}
 
 
-def split_layers(cfg, variables: dict) -> LayerSplit:
-    """`variables` ({'params', 'router', ...}) with every leaf of an unrolled stack cut into its L layers (a
-    copy of those weights: drop the stacked original if memory matters)."""
+def fuses_experts(cfg) -> bool:
+    """Whether split_layers fuses the routed experts' w1 | w3 (module docstring): the resolved backend has a
+    fused form and no FP8 recipe scales w1 and w3 separately."""
+    return cfg.fp8 == "none" and expert_backends.backend(resolve_config(cfg).moe_impl).fused is not None
+
+
+def _fuse_experts(tree):
+    """Every routed-experts dict {w1, w2, w3} of the params tree as {w13 = w1 | w3, w2}."""
+    if not isinstance(tree, dict):
+        return tree
+    if pt.ROUTED in tree and {"w1", "w3"} <= set(tree[pt.ROUTED]):
+        routed = dict(tree[pt.ROUTED])
+        w1, w3 = routed.pop("w1"), routed.pop("w3")
+        tree = {**tree, pt.ROUTED: {**routed, pt.FUSED_UP: jnp.concatenate([w1, w3], axis=-1)}}
+    return {k: _fuse_experts(v) for k, v in tree.items()}
+
+
+def split_layers(cfg, variables: dict, fuse: bool | None = None) -> LayerSplit:
+    """`variables` ({'params', 'router', ...}) with every leaf of an unrolled stack cut into its L layers and,
+    when `fuse` (default: `fuses_experts(cfg)`), the routed experts' w1 | w3 fused into w13 (a copy of those
+    weights: drop the original if memory matters). Unfused, the logits are bitwise those of `variables`; fused,
+    equal to float32 rounding (the wider matmul may sum in another order)."""
     if isinstance(variables, LayerSplit):
         return variables
-    return LayerSplit(_map_stacks(cfg, nn.unbox(variables), lambda a: tuple(a[i] for i in range(a.shape[0]))))
+    if fuse and not fuses_experts(cfg):
+        raise ValueError(f"split_layers(fuse=True): the routed experts fuse only with no FP8 recipe and a backend "
+                         f"with a fused form ('blocked'); got fp8={cfg.fp8!r}, moe_impl="
+                         f"{resolve_config(cfg).moe_impl!r}")
+    variables = nn.unbox(variables)
+    if (fuses_experts(cfg) if fuse is None else fuse) and pt.PARAMS in variables:
+        variables = {**variables, pt.PARAMS: _fuse_experts(variables[pt.PARAMS])}
+    return LayerSplit(_map_stacks(cfg, variables, lambda a: tuple(a[i] for i in range(a.shape[0]))))
 
 
 def join_layers(cfg, variables):
-    """The stacked variables again (inside a jitted step: free, see the module docstring); anything that is not
-    a LayerSplit is returned as it is."""
+    """The stacked variables again (inside a jitted step: free, see the module docstring), a fused w13 kept;
+    anything that is not a LayerSplit is returned as it is."""
     if not isinstance(variables, LayerSplit):
         return variables
     return _map_stacks(cfg, variables.tree, jnp.stack, is_leaf=lambda a: isinstance(a, tuple))

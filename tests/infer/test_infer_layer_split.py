@@ -1,5 +1,6 @@
 """infer/layer_split.py: split variables decode to the same numbers as stacked ones, and XLA:CPU then reads
-every unrolled layer's weights in place (no slice copies in the compiled decoding step)."""
+every unrolled layer's weights in place (no slice copies in the compiled decoding step); fused routed experts
+(w13 = w1 | w3) decode to the same tokens and float32-equal logits."""
 
 import flax.linen as nn
 import jax
@@ -9,7 +10,7 @@ import pytest
 
 from dsv3_jax import param_tree as pt
 from dsv3_jax.infer import decode_step, generate, init_cache, join_layers, prefill, split_layers
-from dsv3_jax.infer.layer_split import LayerSplit
+from dsv3_jax.infer.layer_split import LayerSplit, fuses_experts
 from dsv3_jax.model import DeepSeekV3
 from tests.conftest import tiny_config
 
@@ -21,9 +22,17 @@ def model():
     return cfg, nn.unbox({k: variables[k] for k in (pt.PARAMS, pt.ROUTER) if k in variables})
 
 
+def _routed_dicts(tree, path=()):
+    """(path, routed-experts dict) of every routed-experts module in a params tree."""
+    if not isinstance(tree, dict):
+        return []
+    here = [(path, tree[pt.ROUTED])] if pt.ROUTED in tree else []
+    return here + [r for k, v in tree.items() for r in _routed_dicts(v, path + (k,))]
+
+
 def test_split_round_trip(model):
     cfg, variables = model
-    split = split_layers(cfg, variables)
+    split = split_layers(cfg, variables, fuse=False)
     assert isinstance(split, LayerSplit) and split_layers(cfg, split) is split
     n_moe = pt.stack_sizes(cfg)[pt.MOE]
     leaf = jax.tree.leaves(split.tree[pt.PARAMS][pt.MOE], is_leaf=lambda a: isinstance(a, tuple))[0]
@@ -35,28 +44,71 @@ def test_split_round_trip(model):
     assert join_layers(cfg, variables) is variables
 
 
+def test_fused_round_trip(model):
+    """Fused (the default on CPU): every routed-experts dict holds w13 = [w1, w3] on the last axis and w2;
+    every other leaf comes back unchanged."""
+    cfg, variables = model
+    assert fuses_experts(cfg)
+    joined = join_layers(cfg, split_layers(cfg, variables))
+    want, got = dict(_routed_dicts(variables[pt.PARAMS])), dict(_routed_dicts(joined[pt.PARAMS]))
+    assert want.keys() == got.keys() and len(got) >= 1
+    for path, routed in got.items():
+        assert set(routed) == {pt.FUSED_UP, "w2"}, path
+        w13 = np.concatenate([np.asarray(want[path]["w1"]), np.asarray(want[path]["w3"])], axis=-1)
+        np.testing.assert_array_equal(routed[pt.FUSED_UP], w13)
+        np.testing.assert_array_equal(routed["w2"], want[path]["w2"])
+    strip = lambda t: jax.tree_util.tree_map_with_path(  # noqa: E731
+        lambda p, a: None if pt.ROUTED in str(p) else a, t)
+    for a, b in zip(jax.tree.leaves(strip(joined)), jax.tree.leaves(strip(variables))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fuse_needs_a_fused_backend(model):
+    cfg, variables = model
+    dense = cfg.replace(moe_impl="dense")
+    assert not fuses_experts(dense) and not fuses_experts(cfg.replace(fp8="blockwise"))
+    joined = join_layers(dense, split_layers(dense, variables))
+    assert all({"w1", "w3"} <= set(r) for _, r in _routed_dicts(joined[pt.PARAMS]))
+    with pytest.raises(ValueError, match="fuse=True.*moe_impl='dense'"):
+        split_layers(dense, variables, fuse=True)
+
+
+def test_fused_weight_of_the_wrong_shape_is_named(model):
+    cfg, variables = model
+    joined = join_layers(cfg, split_layers(cfg, variables))
+    bad = jax.tree_util.tree_map_with_path(
+        lambda p, a: a[..., :-1] if pt.FUSED_UP in str(p) else a, joined)
+    with pytest.raises(ValueError, match=f"{pt.ROUTED}/{pt.FUSED_UP}.*shape"):
+        generate(cfg, bad, [[1, 2, 3]], max_new_tokens=1)
+
+
 def test_not_unrolled_stacks_stay_stacked(model):
     cfg, variables = model
-    split = split_layers(cfg.replace(scan_unroll=1), variables)  # a loop over 2 MoE layers: nothing to gain
+    split = split_layers(cfg.replace(scan_unroll=1), variables, fuse=False)  # a loop over 2 MoE layers
     moe = lambda v: jax.tree.leaves(v[pt.PARAMS][pt.MOE])  # noqa: E731
     for a, b in zip(moe(split.tree), moe(variables)):
         assert a is b
 
 
-def test_split_decodes_identically(model):
+@pytest.mark.parametrize("fuse", [False, True])
+def test_split_decodes_identically(model, fuse):
+    """Split only: bitwise the stacked logits. Fused: the same greedy tokens, logits equal to fp32 rounding."""
     cfg, variables = model
     prompts = [[3, 1, 4, 1, 5], [9, 2, 6]]
     want = generate(cfg, variables, prompts, max_new_tokens=6)
-    got = generate(cfg, split_layers(cfg, variables), prompts, max_new_tokens=6)
+    got = generate(cfg, split_layers(cfg, variables, fuse=fuse), prompts, max_new_tokens=6)
     np.testing.assert_array_equal(got.tokens, want.tokens)
     tokens, lengths = np.array([[3, 1, 4, 1], [9, 2, 6, 0]], np.int32), np.array([4, 3], np.int32)
     outs = []
-    for v in (variables, split_layers(cfg, variables)):
+    for v in (variables, split_layers(cfg, variables, fuse=fuse)):
         cache, logits = prefill(cfg, v, tokens, lengths, init_cache(cfg, 2, 8))
         _, step = decode_step(cfg, v, cache, jnp.array([7, 8], jnp.int32))
         outs.append((np.asarray(logits), np.asarray(step)))
     for a, b in zip(*outs):
-        np.testing.assert_array_equal(a, b)
+        if fuse:
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(a, b)
 
 
 def _slices_of_params(cfg, variables) -> int:
@@ -70,4 +122,4 @@ def _slices_of_params(cfg, variables) -> int:
 
 def test_split_leaves_no_weight_slices(model):
     cfg, variables = model
-    assert _slices_of_params(cfg, split_layers(cfg, variables)) < _slices_of_params(cfg, variables)
+    assert _slices_of_params(cfg, split_layers(cfg, variables, fuse=False)) < _slices_of_params(cfg, variables)

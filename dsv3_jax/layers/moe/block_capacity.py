@@ -208,6 +208,13 @@ def _window_slots(win, x, w1, w2, w3, dtype):
     return _dot("ecf,efd->ecd", jax.nn.silu(a) * b, w2, dtype), a, b
 
 
+def _window_slots_fused(win, x, w13, w2, dtype):
+    """_window_slots' output y [G, C, D] with the gate and up projections as one matmul over w13 = w1 | w3."""
+    xb, f = win.tokens(x), w2.shape[1]
+    ab = _dot("ecd,edf->ecf", xb, w13, dtype)
+    return _dot("ecf,efd->ecd", jax.nn.silu(ab[..., :f]) * ab[..., f:], w2, dtype)
+
+
 def _window_grads(win, x, weights, w1, w2, w3, a_rows, b_rows, dy, dtype):
     """The window's part of the backward: (dx [G, C, D] per slot, d(routing weight) [G, C], dW1, dW2, dW3 of
     its experts), fp32. dy [N, D] is the combined output's cotangent; slot (g, c) of assignment a of token t
@@ -330,3 +337,24 @@ def _bwd(k, caps, block, dtype, overflow, res, dy):
 
 
 capacity_moe.defvjp(_fwd, _bwd)
+
+
+def fused_capacity_moe(x, weights, order, inverse, sizes, w13, w2, k: int, caps: tuple[int, ...], block: int,
+                       dtype):
+    """capacity_moe's one-grid forward over w13 = w1 | w3 [E, D, 2F] (the inference variables of
+    infer/layer_split.py): the same slots, rungs and loop branch, with one [E, C, D] x [E, D, 2F] matmul for
+    the gate and up projections. Meant for inference; plain autodiff (no custom backward) differentiates it."""
+    slots, experts, f = Slots(order, inverse, sizes, k), jnp.arange(sizes.shape[0]), w2.shape[1]
+
+    def batched(cap):
+        win = slots.window(experts, 0, cap)
+        wt = win.slot_values(weights.reshape(-1).astype(jnp.float32))[..., None]
+        return win.token_sum(wt * _window_slots_fused(win, x, w13, w2, dtype))
+
+    def looped():  # the slices are taken inside the branch: only a batch above every rung pays their copies
+        xs = x.at[order // k].get(mode="promise_in_bounds")
+        ys = block_loop.looped_swiglu(xs, sizes, w13[..., :f], w2, w13[..., f:], block, dtype)
+        return _combine(ys.at[inverse].get(mode="promise_in_bounds").astype(jnp.float32), weights)
+
+    y = jax.lax.switch(Plan(sizes, caps, None).base, [functools.partial(batched, c) for c in caps] + [looped])
+    return y.astype(dtype)

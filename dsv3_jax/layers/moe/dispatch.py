@@ -145,6 +145,23 @@ def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int | 
         return jnp.einsum("nkd,nk->nd", _rows(ys, inverse).reshape(n, k, -1), weights.astype(dtype))
 
 
+def routed_experts_blocked_fused(x, weights, experts, w13, w2, dtype):
+    """routed_experts_blocked over w13 = w1 | w3 [E, D, 2F] (infer/layer_split.py): where the capacity batch
+    runs one grid (decoding), its gate and up projections are ONE batched matmul, which on XLA:CPU reads the
+    skinny [E, C, D] x [E, D, 2F] product's weights faster than two [E, D, F] ones; other batches (a long
+    prefill) take w1 and w3 as slices of w13 and run routed_experts_blocked."""
+    n, k = experts.shape
+    e, f = w13.shape[0], w2.shape[1]
+    if capacity_beats_blocks(n, k, e, w13.shape[1], f) and not two_grids(n * k, e):
+        with jax.named_scope("dispatch"):  # profiler trace names (V3 report Figure 2)
+            order, inverse, sizes = sort_assignments(experts, e)
+        with jax.named_scope("experts"):
+            return block_capacity.fused_capacity_moe(x, weights, order, inverse, sizes, w13, w2, k,
+                                                     block_capacity.capacities(n * k, e, n),
+                                                     block_rows(n * k, e), jnp.dtype(dtype))
+    return routed_experts_blocked(x, weights, experts, w13[..., :f], w2, w13[..., f:], dtype)
+
+
 def routed_experts_dense(x, weights, experts, w1, w2, w3, dtype):
     """Reference: every expert on every token, combined with the dense [N, E] weight matrix. The tokens are
     broadcast over the experts so that every matmul is batched over E and reads each expert's weights in place

@@ -12,7 +12,9 @@ Every backend computes Σ_k g_k · FFN_{e_k}(x) for each token exactly, with no 
 A backend is `fn(x [N,D], weights [N,k], experts [N,k], w1, w2, w3, *, cfg, ctx, gmm) -> (y [N,D], comm)`
 with comm the expert-parallel byte counts [len(node_routing.COMM_FIELDS)] or None. w1/w3 [E,D,F], w2 [E,F,D]
 (MetaKernel-wrapped under the per-tensor delayed FP8 recipe, for the backends with `delayed_fp8`); gmm is
-the grouped GEMM of the FP8 recipe (layers/linear.grouped_matmul_fn). Adding a backend: its implementation
+the grouped GEMM of the FP8 recipe (layers/linear.grouped_matmul_fn). A backend may also have a `fused` form,
+`fused(x, weights, experts, w13, w2, *, cfg) -> (y, comm)` over the gate and up projections as one
+[E, D, 2F] matrix (the inference variables of infer/layer_split.py). Adding a backend: its implementation
 file plus one `register` line here.
 """
 
@@ -31,6 +33,7 @@ class ExpertBackend(NamedTuple):
     fn: Callable
     fp8: bool = False  # runs the FP8 grouped GEMM (ModelConfig.fp8 != "none")
     delayed_fp8: bool = False  # also the per-tensor delayed recipe (its weights carry amax histories)
+    fused: Callable | None = None  # the same over w13 = w1 | w3 [E, D, 2F] (module docstring)
 
 
 EXPERT_BACKENDS = Registry("moe_impl", "expert backend", aliases=("auto",))
@@ -44,6 +47,10 @@ def _plain(impl):
     return fn
 
 
+def _blocked_fused(x, weights, experts, w13, w2, *, cfg):
+    return dispatch.routed_experts_blocked_fused(x, weights, experts, w13, w2, jnp.dtype(cfg.dtype)), None
+
+
 def _ragged(x, weights, experts, w1, w2, w3, *, cfg, ctx, gmm):
     del ctx
     return dispatch.routed_experts_ragged(x, weights, experts, w1, w2, w3, jnp.dtype(cfg.dtype), gmm), None
@@ -55,7 +62,7 @@ def _ep(x, weights, experts, w1, w2, w3, *, cfg, ctx, gmm):
 
 
 EXPERT_BACKENDS.register("dense", ExpertBackend(_plain(dispatch.routed_experts_dense)))
-EXPERT_BACKENDS.register("blocked", ExpertBackend(_plain(dispatch.routed_experts_blocked)))
+EXPERT_BACKENDS.register("blocked", ExpertBackend(_plain(dispatch.routed_experts_blocked), fused=_blocked_fused))
 EXPERT_BACKENDS.register("ragged", ExpertBackend(_ragged, fp8=True, delayed_fp8=True))
 EXPERT_BACKENDS.register("ep", ExpertBackend(_ep, fp8=True))
 

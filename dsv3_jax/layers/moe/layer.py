@@ -30,7 +30,8 @@ ROUTER_COLLECTION = pt.ROUTER
 
 class RoutedExperts(nn.Module):
     """Holds the stacked expert weights w1, w3 [E, D, F] and w2 [E, F, D] (this rank's E/X experts when the
-    parallel context runs inside a shard_map over the expert axis). Returns (y [N, D], comm bytes or None)."""
+    parallel context runs inside a shard_map over the expert axis). Returns (y [N, D], comm bytes or None).
+    Inference variables may hold w13 = w1 | w3 [E, D, 2F] in place of w1 and w3 (infer/layer_split.py)."""
 
     cfg: "object"
     parallel: ExpertParallel | None = None
@@ -46,10 +47,22 @@ class RoutedExperts(nn.Module):
             kernel = weight(self, name, shape, axes, normal_init(c.init_std), activation_mesh(self.parallel))
             return fp8_kernel(self, name, kernel, c) if backend.delayed_fp8 else kernel
 
+        if self.has_variable(pt.PARAMS, pt.FUSED_UP):  # inference variables (infer/layer_split.py)
+            return self._fused(backend, c, x, weights, experts, w("w2", (e, f, d), ("expert", "mlp", "embed")))
         w1 = w("w1", (e, d, f), ("expert", "embed", "mlp"))
         w2 = w("w2", (e, f, d), ("expert", "mlp", "embed"))
         w3 = w("w3", (e, d, f), ("expert", "embed", "mlp"))
         return backend.fn(x, weights, experts, w1, w2, w3, cfg=c, ctx=self.parallel, gmm=grouped_matmul_fn(c))
+
+    def _fused(self, backend, c, x, weights, experts, w2):
+        """The routed experts over the fused gate|up weight w13 [E, D, 2F] the variables hold instead of w1, w3."""
+        w13 = self.get_variable(pt.PARAMS, pt.FUSED_UP)
+        want = (w2.shape[0], c.dim, 2 * c.moe_inter_dim)
+        if backend.fused is None or tuple(w13.shape) != want:
+            raise ValueError(f"params {pt.ROUTED}/{pt.FUSED_UP}: the fused gate|up weight needs a moe_impl with a "
+                             f"fused form ('blocked') and shape {want}; got moe_impl={c.moe_impl!r}, shape "
+                             f"{tuple(w13.shape)} (split_layers only fuses where that holds)")
+        return backend.fused(x, weights, experts, w13, w2, cfg=c)
 
 
 class MoE(nn.Module):
