@@ -12,7 +12,8 @@ produces) takes the last branch, the loop of block_loop.py: exact for any input.
 count hold other rows, computed and never read back. Training-sized batches run two grids (`Plan`): a base grid
 and an overflow grid over the fullest half's excess, so one hot expert does not pad every expert to its load.
 The rows are gathered straight from the tokens and the outputs summed straight into them (no sorted copy),
-and the forward keeps the two up-projections for the backward.
+and the forward keeps the two up-projections for the backward. `capacity_forward` is the same forward over the
+fused w13 = w1 | w3 of inference variables (infer/layer_split.py): one matmul for both up-projections.
 
 Legend: M sorted rows, D model dim, F expert hidden, E experts, C capacity (slots per expert).
 """
@@ -202,17 +203,15 @@ class Plan:
 
 
 def _window_slots(win, x, w1, w2, w3, dtype):
-    """The window's SwiGLU on its slots: (y [G, C, D], a, b [G, C, F]) fp32."""
-    xb = win.tokens(x)
-    a, b = _dot("ecd,edf->ecf", xb, w1, dtype), _dot("ecd,edf->ecf", xb, w3, dtype)
-    return _dot("ecf,efd->ecd", jax.nn.silu(a) * b, w2, dtype), a, b
-
-
-def _window_slots_fused(win, x, w13, w2, dtype):
-    """_window_slots' output y [G, C, D] with the gate and up projections as one matmul over w13 = w1 | w3."""
+    """The window's SwiGLU on its slots: (y [G, C, D], a, b [G, C, F]) fp32. w3 None: w1 is the fused
+    w13 = w1 | w3 [G, D, 2F] and one matmul gives both up-projections (capacity_forward)."""
     xb, f = win.tokens(x), w2.shape[1]
-    ab = _dot("ecd,edf->ecf", xb, w13, dtype)
-    return _dot("ecf,efd->ecd", jax.nn.silu(ab[..., :f]) * ab[..., f:], w2, dtype)
+    if w3 is None:
+        ab = _dot("ecd,edf->ecf", xb, w1, dtype)
+        a, b = ab[..., :f], ab[..., f:]
+    else:
+        a, b = _dot("ecd,edf->ecf", xb, w1, dtype), _dot("ecd,edf->ecf", xb, w3, dtype)
+    return _dot("ecf,efd->ecd", jax.nn.silu(a) * b, w2, dtype), a, b
 
 
 def _window_grads(win, x, weights, w1, w2, w3, a_rows, b_rows, dy, dtype):
@@ -246,12 +245,17 @@ def _combine(ys, weights):
 
 
 def _looped_moe(x, weights, order, inverse, sizes, w1, w2, w3, k, block, dtype, keep):
-    """The loop branch: y [N, D] fp32 and, when `keep`, the up-projections a, b [M, F] per assignment."""
+    """The loop branch: y [N, D] fp32 and, when `keep`, the up-projections a, b [M, F] per assignment (w3
+    None: w1 is the fused w13, sliced here, so only a batch above every rung pays the slices' copies)."""
+    if w3 is None:
+        w1, w3 = w1[..., :w2.shape[1]], w1[..., w2.shape[1]:]
     xs = x.at[order // k].get(mode="promise_in_bounds")
-    ys, (_, _, h1, h3, *_) = block_loop._forward(xs, sizes, w1, w2, w3, block, dtype)
     back = lambda v: v.at[inverse].get(mode="promise_in_bounds")  # noqa: E731
-    y = _combine(back(ys).astype(jnp.float32), weights)
-    return (y, back(h1), back(h3)) if keep else (y,)
+    if not keep:  # the loop with its own backward, so that capacity_forward stays differentiable
+        return (_combine(back(block_loop.looped_swiglu(xs, sizes, w1, w2, w3, block, dtype)).astype(jnp.float32),
+                         weights),)
+    ys, (_, _, h1, h3, *_) = block_loop._forward(xs, sizes, w1, w2, w3, block, dtype)
+    return _combine(back(ys).astype(jnp.float32), weights), back(h1), back(h3)
 
 
 def _forward(x, weights, order, inverse, sizes, w1, w2, w3, k, caps, block, dtype, overflow, keep: bool):
@@ -271,7 +275,7 @@ def _forward(x, weights, order, inverse, sizes, w1, w2, w3, k, caps, block, dtyp
     looped = functools.partial(_looped_moe, x, weights, order, inverse, sizes, w1, w2, w3, k, block, dtype, keep)
     out = jax.lax.switch(plan.base, [functools.partial(batched, c) for c in caps] + [looped])
     if overflow is not None:
-        heavy = [w[plan.heavy] for w in (w1, w2, w3)]
+        heavy = [None if w is None else w[plan.heavy] for w in (w1, w2, w3)]
 
         def over(cap, y_tok, *rows):
             win = slots.window(plan.heavy, plan.start, cap, plan.heavy_index)
@@ -292,6 +296,15 @@ def capacity_moe(x, weights, order, inverse, sizes, w1, w2, w3, k: int, caps: tu
     `block` is the loop branch's block; overflow: None (one grid) or (H, overflow ladder) (a base grid and an
     overflow grid, see Plan)."""
     return _forward(x, weights, order, inverse, sizes, w1, w2, w3, k, caps, block, dtype, overflow,
+                    False)[0].astype(dtype)
+
+
+def capacity_forward(x, weights, order, inverse, sizes, w13, w2, k: int, caps: tuple[int, ...], block: int,
+                     dtype, overflow: tuple | None = None):
+    """capacity_moe's forward over w13 = w1 | w3 [E, D, 2F] (the inference variables of
+    infer/layer_split.py): the same grids, rungs and loop branch, with one matmul for the gate and up
+    projections. Meant for inference; it has no custom backward, plain autodiff differentiates it."""
+    return _forward(x, weights, order, inverse, sizes, w13, w2, None, k, caps, block, dtype, overflow,
                     False)[0].astype(dtype)
 
 
@@ -337,24 +350,3 @@ def _bwd(k, caps, block, dtype, overflow, res, dy):
 
 
 capacity_moe.defvjp(_fwd, _bwd)
-
-
-def fused_capacity_moe(x, weights, order, inverse, sizes, w13, w2, k: int, caps: tuple[int, ...], block: int,
-                       dtype):
-    """capacity_moe's one-grid forward over w13 = w1 | w3 [E, D, 2F] (the inference variables of
-    infer/layer_split.py): the same slots, rungs and loop branch, with one [E, C, D] x [E, D, 2F] matmul for
-    the gate and up projections. Meant for inference; plain autodiff (no custom backward) differentiates it."""
-    slots, experts, f = Slots(order, inverse, sizes, k), jnp.arange(sizes.shape[0]), w2.shape[1]
-
-    def batched(cap):
-        win = slots.window(experts, 0, cap)
-        wt = win.slot_values(weights.reshape(-1).astype(jnp.float32))[..., None]
-        return win.token_sum(wt * _window_slots_fused(win, x, w13, w2, dtype))
-
-    def looped():  # the slices are taken inside the branch: only a batch above every rung pays their copies
-        xs = x.at[order // k].get(mode="promise_in_bounds")
-        ys = block_loop.looped_swiglu(xs, sizes, w13[..., :f], w2, w13[..., f:], block, dtype)
-        return _combine(ys.at[inverse].get(mode="promise_in_bounds").astype(jnp.float32), weights)
-
-    y = jax.lax.switch(Plan(sizes, caps, None).base, [functools.partial(batched, c) for c in caps] + [looped])
-    return y.astype(dtype)

@@ -44,13 +44,13 @@ def _capacity(max_rows):
     return swiglu
 
 
-def _fused(max_rows):
-    """fused_capacity_moe (the inference form over w13 = w1 | w3) as a grouped SwiGLU of w1, w2, w3."""
+def _fused(caps, overflow=None):
+    """capacity_forward (the inference form over w13 = w1 | w3) as a grouped SwiGLU of w1, w2, w3."""
     def swiglu(xs, sizes, w1, w2, w3, block, dtype):
-        caps = block_capacity.capacities(xs.shape[0], sizes.shape[0], max_rows)
         rows, ones = jnp.arange(xs.shape[0]), jnp.ones((xs.shape[0], 1), jnp.float32)
         w13 = jnp.concatenate([w1, w3], axis=-1)
-        return block_capacity.fused_capacity_moe(xs, ones, rows, rows, sizes, w13, w2, 1, caps, block, dtype)
+        return block_capacity.capacity_forward(xs, ones, rows, rows, sizes, w13, w2, 1, caps, block, dtype,
+                                               overflow)
     return swiglu
 
 
@@ -75,11 +75,12 @@ def test_capacity_ladder(m, e, max_rows, want):
 # base 4 + overflow 5 (rung 5 of 2, 5), base 5 + overflow 4 (rung 5: slots past the excess), and base 4 with
 # no overflow rung holding 5 (the loop runs everything).
 @pytest.mark.parametrize("swiglu", [block_loop.looped_swiglu, block_gather.gathered_swiglu, _capacity(9),
-                                    _capacity(12), _capacity(4), _fused(9), _fused(4),
+                                    _capacity(12), _capacity(4), _fused((6, 8, 9)), _fused((1, 2)),
+                                    _fused((4, 7), (2, (2, 5))), _fused((4,), (2, (1, 3))),
                                     _two_grids((4, 7), (2, (2, 5))),
                                     _two_grids((5,), (2, (5,))), _two_grids((4,), (2, (1, 3)))],
                          ids=["loop", "gather", "capacity-top", "capacity-mid", "capacity-overflow", "fused-top",
-                              "fused-loop", "two-grids",
+                              "fused-loop", "fused-two-grids", "fused-two-grids-loop", "two-grids",
                               "two-grids-padded", "two-grids-loop"])
 @pytest.mark.parametrize("block", [1, 3, 8])
 def test_blocked_swiglu_value_and_gradients(block, swiglu):
