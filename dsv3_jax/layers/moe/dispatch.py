@@ -117,29 +117,31 @@ def two_grids(m: int, n_experts: int) -> bool:
     return m >= TWO_GRID_MIN_ROWS and n_experts >= 4
 
 
-def _capacity_plan(m: int, n_experts: int, max_rows: int):
-    """(ladder, overflow) of the capacity batch: two grids (block_capacity.Plan) from TWO_GRID_MIN_ROWS
-    assignments, else one."""
-    if two_grids(m, n_experts):
-        return block_capacity.two_grid_ladders(m, n_experts, max_rows)
-    return block_capacity.capacities(m, n_experts, max_rows), None
-
-
 def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int | None = None):
     """Like routed_experts_ragged, with the grouped GEMM done block by block: each expert's sorted rows are cut
     into blocks of `block` rows (default: block_rows); large blocks run as a loop of plain GEMM chains
     (block_loop.py), small ones as one batched matmul over gathered weights (block_gather.py). Where one
     batched matmul over per-expert capacity slots costs less (capacity_beats_blocks: decoding batches), that
-    runs instead (block_capacity.py)."""
+    runs instead (block_capacity.py). w3 None: w1 is the fused w13 = w1 | w3 [E, D, 2F] of inference variables
+    (infer/layer_split.py); the capacity batch then runs its gate and up projections as ONE matmul
+    (block_capacity.capacity_forward), which XLA:CPU streams faster than two, and the blocks take slices."""
     n, k = experts.shape
-    e = w1.shape[0]
+    e, f, d = w2.shape
     with jax.named_scope("dispatch"):  # profiler trace names (V3 report Figure 2)
         order, inverse, sizes = sort_assignments(experts, e)
-    if block is None and capacity_beats_blocks(n, k, e, *w1.shape[1:]):  # k distinct experts: <= n rows each
-        caps, overflow = _capacity_plan(n * k, e, n)
+    if block is None and capacity_beats_blocks(n, k, e, d, f):  # k distinct experts: <= n rows each
+        if two_grids(n * k, e):
+            caps, overflow = block_capacity.two_grid_ladders(n * k, e, n)
+        else:
+            caps, overflow = block_capacity.capacities(n * k, e, n), None
         with jax.named_scope("experts"):  # the capacity batch gathers from the tokens and combines into them
+            if w3 is None:
+                return block_capacity.capacity_forward(x, weights, order, inverse, sizes, w1, w2, k, caps,
+                                                       block_rows(n * k, e), jnp.dtype(dtype), overflow)
             return block_capacity.capacity_moe(x, weights, order, inverse, sizes, w1, w2, w3, k, caps,
                                                block_rows(n * k, e), jnp.dtype(dtype), overflow)
+    if w3 is None:
+        w1, w3 = w1[..., :f], w1[..., f:]
     with jax.named_scope("dispatch"):
         xs = _rows(x, order // k)
     with jax.named_scope("experts"):
@@ -148,23 +150,6 @@ def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int | 
         ys = swiglu(xs, sizes, w1, w2, w3, block, jnp.dtype(dtype))
     with jax.named_scope("combine"):
         return jnp.einsum("nkd,nk->nd", _rows(ys, inverse).reshape(n, k, -1), weights.astype(dtype))
-
-
-def routed_experts_blocked_fused(x, weights, experts, w13, w2, dtype):
-    """routed_experts_blocked over w13 = w1 | w3 [E, D, 2F] (infer/layer_split.py): where the capacity batch
-    runs, its gate and up projections are ONE batched matmul, which on XLA:CPU reads a decoding step's skinny
-    [E, C, D] x [E, D, 2F] product faster than two [E, D, F] ones; batches for the block loop (training-sized
-    prefills) take w1 and w3 as slices of w13."""
-    n, k = experts.shape
-    e, f = w13.shape[0], w2.shape[1]
-    if not capacity_beats_blocks(n, k, e, w13.shape[1], f):
-        return routed_experts_blocked(x, weights, experts, w13[..., :f], w2, w13[..., f:], dtype)
-    with jax.named_scope("dispatch"):  # profiler trace names (V3 report Figure 2)
-        order, inverse, sizes = sort_assignments(experts, e)
-    caps, overflow = _capacity_plan(n * k, e, n)
-    with jax.named_scope("experts"):
-        return block_capacity.capacity_forward(x, weights, order, inverse, sizes, w13, w2, k, caps,
-                                               block_rows(n * k, e), jnp.dtype(dtype), overflow)
 
 
 def routed_experts_dense(x, weights, experts, w1, w2, w3, dtype):

@@ -48,7 +48,7 @@ def _plain(impl):
 
 
 def _blocked_fused(x, weights, experts, w13, w2, *, cfg):
-    return dispatch.routed_experts_blocked_fused(x, weights, experts, w13, w2, jnp.dtype(cfg.dtype)), None
+    return dispatch.routed_experts_blocked(x, weights, experts, w13, w2, None, jnp.dtype(cfg.dtype)), None
 
 
 def _ragged(x, weights, experts, w1, w2, w3, *, cfg, ctx, gmm):
