@@ -6,8 +6,10 @@ through the op_name metadata of the optimized HLO, and prints the milliseconds p
   * the top ops (kernel name, output shape, the model path they come from), and
   * categories: forward / backward × routed experts, attention, MLP, shared experts, head, norms, the scan's
     residual stacking (dynamic-(update-)slice), and buffer initialization.
---single_thread pins XLA to one thread so the per-op times add up to the step's CPU time (the breakdown used
-to pick the CPU optimizations of layers/moe/dispatch.py, layers/attention_core.py and quant/recipe.py).
+--single_thread pins the process to one CPU core (before jax starts its threads), so the per-op times add up to
+the step's CPU time (the breakdown used to pick the CPU optimizations of layers/moe/dispatch.py,
+layers/attention_core.py and quant/recipe.py). Only leaf ops count: a control-flow op's trace event (a `cond`
+of the capacity batch, a `while`) spans the ops of its body, which have events of their own.
 """
 
 from __future__ import annotations
@@ -61,10 +63,22 @@ def op_times(trace_dir: str, steps: int) -> collections.Counter:
     from xprof.convert import raw_to_tool_data
     paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1:]
     data, _ = raw_to_tool_data.xspace_to_tool_data(paths, "trace_viewer", {})
+    return leaf_times(json.loads(data)["traceEvents"], steps)
+
+
+CONTAINER_OP = re.compile(r"(cond|conditional|while|call)(\.\d+)?")  # their events span their bodies' ops
+
+
+def leaf_times(events, steps: int) -> collections.Counter:
+    """{XLA op name: ms per step} of the complete ("X") trace events of leaf ops: runtime bookkeeping
+    (thread-pool regions, the thunk executor) and control-flow ops, whose events include their bodies', left
+    out, so that the times add up without counting a branch's ops twice."""
     dur = collections.Counter()
-    for e in json.loads(data)["traceEvents"]:
+    for e in events:
         name = e.get("name", "")
-        if e.get("ph") == "X" and "dur" in e and not name.startswith(("ThreadpoolListener", "ThunkExecutor", "$")):
+        if e.get("ph") != "X" or "dur" not in e or CONTAINER_OP.fullmatch(name):
+            continue
+        if not name.startswith(("ThreadpoolListener", "ThunkExecutor", "$")):
             dur[name] += e["dur"] / 1000 / steps
     return dur
 
@@ -91,8 +105,11 @@ def main(argv=None):
     p.add_argument("--single_thread", "--single-thread", action="store_true")
     a = p.parse_args(argv)
     if a.single_thread:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                                   "intra_op_parallelism_threads=1")
+        # XLA:CPU's flags do not make it single-threaded (its YNNPACK fusions and the thunk executor still use
+        # every core); an affinity of one core does, for every thread started after this.
+        if not hasattr(os, "sched_setaffinity"):
+            raise SystemExit("--single_thread needs os.sched_setaffinity (Linux)")
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     tmp = tempfile.mkdtemp()
     try:
         trace_dir, hlo = trace_step(a.size, a.steps, tmp)
