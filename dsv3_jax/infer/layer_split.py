@@ -75,12 +75,13 @@ def split_layers(cfg, variables: dict, fuse: bool | None = None) -> LayerSplit:
     equal to float32 rounding (the wider matmul may sum in another order)."""
     if isinstance(variables, LayerSplit):
         return variables
-    if fuse and not fuses_experts(cfg):
+    supported = fuses_experts(cfg)
+    if fuse and not supported:
         raise ValueError(f"split_layers(fuse=True): the routed experts fuse only with no FP8 recipe and a backend "
                          f"with a fused form ('blocked'); got fp8={cfg.fp8!r}, moe_impl="
                          f"{resolve_config(cfg).moe_impl!r}")
     variables = nn.unbox(variables)
-    if (fuses_experts(cfg) if fuse is None else fuse) and pt.PARAMS in variables:
+    if (supported if fuse is None else fuse) and pt.PARAMS in variables:
         variables = {**variables, pt.PARAMS: _fuse_experts(variables[pt.PARAMS])}
     return LayerSplit(_map_stacks(cfg, variables, lambda a: tuple(a[i] for i in range(a.shape[0]))))
 

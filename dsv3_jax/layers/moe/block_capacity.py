@@ -205,10 +205,9 @@ class Plan:
 def _window_slots(win, x, w1, w2, w3, dtype):
     """The window's SwiGLU on its slots: (y [G, C, D], a, b [G, C, F]) fp32. w3 None: w1 is the fused
     w13 = w1 | w3 [G, D, 2F] and one matmul gives both up-projections (capacity_forward)."""
-    xb, f = win.tokens(x), w2.shape[1]
+    xb = win.tokens(x)
     if w3 is None:
-        ab = _dot("ecd,edf->ecf", xb, w1, dtype)
-        a, b = ab[..., :f], ab[..., f:]
+        a, b = unfuse(_dot("ecd,edf->ecf", xb, w1, dtype), w2)  # the [G, C, 2F] product's halves
     else:
         a, b = _dot("ecd,edf->ecf", xb, w1, dtype), _dot("ecd,edf->ecf", xb, w3, dtype)
     return _dot("ecf,efd->ecd", jax.nn.silu(a) * b, w2, dtype), a, b
@@ -244,11 +243,17 @@ def _combine(ys, weights):
     return jnp.einsum("nkd,nk->nd", ys.reshape(n, k, -1), weights.astype(ys.dtype))
 
 
+def unfuse(w13, w2):
+    """(w1, w3) [E, D, F]: the two halves of a fused w13 = w1 | w3 [E, D, 2F] (F = w2's hidden size)."""
+    f = w2.shape[1]
+    return w13[..., :f], w13[..., f:]
+
+
 def _looped_moe(x, weights, order, inverse, sizes, w1, w2, w3, k, block, dtype, keep):
     """The loop branch: y [N, D] fp32 and, when `keep`, the up-projections a, b [M, F] per assignment (w3
     None: w1 is the fused w13, sliced here, so only a batch above every rung pays the slices' copies)."""
     if w3 is None:
-        w1, w3 = w1[..., :w2.shape[1]], w1[..., w2.shape[1]:]
+        w1, w3 = unfuse(w1, w2)
     xs = x.at[order // k].get(mode="promise_in_bounds")
     back = lambda v: v.at[inverse].get(mode="promise_in_bounds")  # noqa: E731
     if not keep:  # the loop with its own backward, so that capacity_forward stays differentiable

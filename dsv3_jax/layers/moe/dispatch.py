@@ -141,7 +141,7 @@ def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int | 
             return block_capacity.capacity_moe(x, weights, order, inverse, sizes, w1, w2, w3, k, caps,
                                                block_rows(n * k, e), jnp.dtype(dtype), overflow)
     if w3 is None:
-        w1, w3 = w1[..., :f], w1[..., f:]
+        w1, w3 = block_capacity.unfuse(w1, w2)
     with jax.named_scope("dispatch"):
         xs = _rows(x, order // k)
     with jax.named_scope("experts"):
