@@ -36,6 +36,7 @@ def trace_step(size: str, steps: int, out_dir: str):
     from benchmarks.side_by_side import SIZES
     from dsv3_jax import losses
     from dsv3_jax.config import ModelConfig
+    from dsv3_jax.layer_split import join_params, split_params
     from dsv3_jax.model import DeepSeekV3
     s = SIZES[size]
     cfg = ModelConfig(vocab_size=s["vocab"], dim=s["dim"], inter_dim=s["inter"], moe_inter_dim=s["moe_inter"],
@@ -48,14 +49,15 @@ def trace_step(size: str, steps: int, out_dir: str):
     tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (8, 257)).astype(np.int32)
     x, y = jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:])
     variables = jax.jit(model.init)(jax.random.key(0), x)
-    loss = lambda p: losses.cross_entropy(model.apply({**variables, "params": p}, x).logits, y)
+    params = split_params(cfg, variables["params"])  # the layout the trainer steps in (train/state.py)
+    loss = lambda p: losses.cross_entropy(model.apply({**variables, "params": join_params(cfg, p)}, x).logits, y)
     step = jax.jit(jax.value_and_grad(loss))
     for _ in range(2):
-        jax.block_until_ready(step(variables["params"]))
+        jax.block_until_ready(step(params))
     with jax.profiler.trace(out_dir):
         for _ in range(steps):
-            jax.block_until_ready(step(variables["params"]))
-    return out_dir, step.lower(variables["params"]).compile().as_text()
+            jax.block_until_ready(step(params))
+    return out_dir, step.lower(params).compile().as_text()
 
 
 def op_times(trace_dir: str, steps: int) -> collections.Counter:

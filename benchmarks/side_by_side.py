@@ -78,14 +78,16 @@ def training(cfg, variables, hf, batch: int, seq: int, repeats: int):
     """(ours tok/s, theirs tok/s, our loss, their loss) of forward+backward on one random batch."""
     import torch
     from dsv3_jax import losses
+    from dsv3_jax.layer_split import join_params, split_params
     from dsv3_jax.model import DeepSeekV3
 
     tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (batch, seq + 1)).astype(np.int32)
     x, y = jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:])
     model = DeepSeekV3(cfg)
+    params = split_params(cfg, variables["params"])  # the layout the trainer steps in (train/state.py)
 
     def loss(params):
-        out = model.apply({**variables, "params": params}, x)
+        out = model.apply({**variables, "params": join_params(cfg, params)}, x)
         return losses.cross_entropy(out.logits, y)
 
     grad = jax.jit(jax.value_and_grad(loss))
@@ -98,10 +100,10 @@ def training(cfg, variables, hf, batch: int, seq: int, repeats: int):
         value.backward()
         return float(value.detach())
 
-    ours = lambda: jax.block_until_ready(grad(variables["params"]))
+    ours = lambda: jax.block_until_ready(grad(params))
     hf.train()
     t = median_interleaved({"ours": ours, "theirs": theirs}, repeats)
-    our_loss, their_loss = float(grad(variables["params"])[0]), theirs()
+    our_loss, their_loss = float(grad(params)[0]), theirs()
     hf.eval()
     n = batch * seq
     return n / t["ours"], n / t["theirs"], our_loss, their_loss
@@ -113,9 +115,9 @@ def decoding(cfg, variables, hf, batch: int, prompt: int, new: int, repeats: int
     from dsv3_jax.infer.cache import init_cache
     from dsv3_jax.infer.decode import prefill
     from dsv3_jax.infer.generate import generate
-    from dsv3_jax.infer.layer_split import split_layers
+    from dsv3_jax.layer_split import split_layers
 
-    variables = split_layers(cfg, variables)  # once, as the generate CLI does (infer/layer_split.py)
+    variables = split_layers(cfg, variables)  # once, as the generate CLI does (layer_split.py)
     prompts = np.random.default_rng(2).integers(0, cfg.vocab_size, (batch, prompt)).astype(np.int32)
     tp = torch.from_numpy(prompts).long()
     lengths = np.full((batch,), prompt, np.int32)

@@ -32,7 +32,7 @@ ATTN, ATTN_NORM, FFN_NORM, MLP, MOE_FFN = "attn", "attn_norm", "ffn_norm", "mlp"
 GATE, ROUTED, SHARED, BIAS = "gate", "routed_experts", "shared_experts", "bias"
 MTP_BLOCK, ENORM, HNORM, EH_PROJ, MTP_NORM = "block", "enorm", "hnorm", "eh_proj", "norm"
 EXPERT_WEIGHTS = ("w1", "w2", "w3")
-FUSED_UP = "w13"  # w1 | w3 [E, D, 2F], the inference form of the routed experts (infer/layer_split.py)
+FUSED_UP = "w13"  # w1 | w3 [E, D, 2F], the inference form of the routed experts (layer_split.py)
 
 
 def mtp_name(k: int) -> str:

@@ -1,7 +1,7 @@
 """The import graph of dsv3_jax and pallas_kernels (docs/architecture.md "Layers"): no import circles between
 modules or between subpackages, and every arrow points down the layering
 
-    cli -> {train, infer, interop, analysis} -> experiment_config -> {parallel, data} -> model -> layers
+    cli -> {train, infer, interop, analysis} -> experiment_config -> {parallel, data} -> {model, layer_split} -> layers
         -> {quant -> kernels} -> bottom
 
 where the bottom is config, config_fields, sharding, registry and param_tree. Imports are read from the source (every
@@ -23,7 +23,7 @@ BOTTOM = {"dsv3_jax.config", "dsv3_jax.config_fields", "dsv3_jax.sharding", "dsv
           "dsv3_jax.param_tree"}
 LEVEL = {  # higher imports lower only
     "bottom": 0, "pallas_kernels": 1, "dsv3_jax.quant": 2, "dsv3_jax.layers": 3, "dsv3_jax.model": 4,
-    "dsv3_jax.losses": 4, "dsv3_jax.data": 4, "dsv3_jax.parallel": 5,
+    "dsv3_jax.losses": 4, "dsv3_jax.layer_split": 4, "dsv3_jax.data": 4, "dsv3_jax.parallel": 5,
     "dsv3_jax.experiment_config": 5.5,  # the run config: model + data + mesh + train blocks
     "dsv3_jax.config_args": 5.7,  # config files and --config.x=y on the command line (every tool)
     "dsv3_jax.train": 6, "dsv3_jax.infer": 7, "dsv3_jax.interop": 8, "dsv3_jax.analysis": 8, "dsv3_jax.cli": 9,

@@ -30,7 +30,7 @@ def check_request(cfg, ids, max_new_tokens, stop_tokens, speculative):
 def timed_generate(cfg, variables, ids, speculative: bool, **kwargs):
     """(GenerateResult, speculative stats or None, seconds) of plain or MTP speculative generation."""
     from dsv3_jax.infer.generate import generate
-    from dsv3_jax.infer.layer_split import split_layers
+    from dsv3_jax.layer_split import split_layers
     from dsv3_jax.infer.speculative import speculative_generate
 
     variables = split_layers(cfg, variables)  # a set-up copy, like the load: the matmuls read layers in place

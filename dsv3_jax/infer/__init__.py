@@ -12,7 +12,7 @@ decoding, sampling and MTP speculative decoding (docs/architecture.md "Data path
 from dsv3_jax.infer.cache import KVCache, cache_bytes, cache_bytes_per_token, init_cache
 from dsv3_jax.infer.decode import decode_step, extend, prefill
 from dsv3_jax.infer.generate import GenerateResult, generate
-from dsv3_jax.infer.layer_split import LayerSplit, join_layers, split_layers
+from dsv3_jax.layer_split import LayerSplit, join_layers, split_layers
 from dsv3_jax.infer.sampling import SamplingParams, sample, token_probs
 from dsv3_jax.infer.speculative import SpecStats, speculative_generate
 

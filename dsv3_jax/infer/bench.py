@@ -28,7 +28,7 @@ from dsv3_jax.model import DeepSeekV3
 from dsv3_jax.infer.cache import cache_bytes_per_token, init_cache
 from dsv3_jax.infer.decode import decode_step, prefill
 from dsv3_jax.infer.generate import generate
-from dsv3_jax.infer.layer_split import split_layers
+from dsv3_jax.layer_split import split_layers
 from dsv3_jax.infer.speculative import speculative_generate
 
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dsv3_jax import param_tree as pt
-from dsv3_jax.infer.layer_split import LayerSplit, join_layers
+from dsv3_jax.layer_split import LayerSplit, join_layers
 from dsv3_jax.layers.kv_cache import KVCache
 from dsv3_jax.model import DeepSeekV3
 from dsv3_jax.quant.recipe import FP8_RECIPES

@@ -28,9 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dsv3_jax.model import DeepSeekV3
+from dsv3_jax import param_tree as pt
 from dsv3_jax import sharding
-from dsv3_jax.train.state import TrainState
+from dsv3_jax.layer_split import mesh_split, unrolled_stacks
+from dsv3_jax.model import DeepSeekV3
+from dsv3_jax.train.state import TrainState, join_state, split_state
 
 
 def _completed(spec: P, shape, add: tuple[str, ...], sizes: dict[str, int]) -> P:
@@ -113,3 +115,33 @@ def global_batch(local: dict, mesh) -> dict:
         shape = (rows.shape[0] * jax.process_count(),) + rows.shape[1:]
         out[name] = jax.make_array_from_process_local_data(spec, rows, shape)
     return out
+
+
+class StepLayout:
+    """The state layout the non-pipelined step runs in (train/state.py): `sharding` (a TrainState of
+    NamedShardings), `to_step` (the stacked state, as initialized or restored, into it: donated) and `to_saved`
+    (back to stacked, for a checkpoint or a sample). Stacked throughout (both conversions the identity) for a
+    pipelined step, with no unrolled stack, or where a stack's layer axis is sharded."""
+
+    def __init__(self, cfg, state_sh: TrainState, pipelined: bool):
+        self.split = not pipelined and bool(unrolled_stacks(cfg)) and not _layer_axis_sharded(cfg, state_sh)
+        self.sharding = split_state(cfg, state_sh) if self.split else state_sh
+        if self.split:
+            self._to_step = jax.jit(lambda s: split_state(cfg, s), out_shardings=self.sharding)
+            self._to_saved = jax.jit(lambda s: join_state(cfg, s), out_shardings=state_sh)
+
+    def to_step(self, state: TrainState) -> TrainState:
+        return self._to_step(state) if self.split else state
+
+    def to_saved(self, state: TrainState) -> TrainState:
+        return self._to_saved(state) if self.split else state
+
+
+def _layer_axis_sharded(cfg, state_sh: TrainState) -> bool:
+    """Whether ZeRO put a mesh axis on the layer axis of an unrolled stack's param or moment (then it stays
+    stacked: a per-layer array has no such axis)."""
+    unrolled = unrolled_stacks(cfg)
+    for path, s in jax.tree_util.tree_leaves_with_path((state_sh.params, state_sh.opt_state)):
+        if unrolled & set(pt.key_names(path)) and s.spec and mesh_split(s.mesh, s.spec[0]) > 1:
+            return True
+    return False

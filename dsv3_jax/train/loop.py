@@ -113,14 +113,17 @@ def _make_steps(exp, cfg, mesh, tok=None):
     optimizer = optim.make_optimizer(t)
     state_sh, batch_sh = train_layout.state_shardings(cfg, optimizer, mesh, t.seq_len), sharding.batch_sharding(mesh)
     state = jax.jit(lambda: init_state(cfg, optimizer, t.seed, t.seq_len), out_shardings=state_sh)()
-    if pipeline_step.is_pipelined(mesh):  # mesh.pipe > 1: the blocks run as pipeline stages
+    pipelined = pipeline_step.is_pipelined(mesh)  # mesh.pipe > 1: the blocks run as pipeline stages
+    step_layout = train_layout.StepLayout(cfg, state_sh, pipelined)  # split stacks unless pipelined
+    if pipelined:
         train_step = pipeline_step.make_pipeline_train_step(
             cfg, optimizer, t, mesh, t.pipeline_schedule, t.pipeline_chunks, state_sh, batch_sh,
             residuals=t.pipeline_residuals)
     else:
-        train_step = step_lib.make_train_step(cfg, optimizer, t, state_sh, batch_sh, **tokens)
+        train_step = step_lib.make_train_step(cfg, optimizer, t, step_layout.sharding, batch_sh, **tokens)
     token_bytes = dict(token_bytes=tok.token_bytes()) if tokens else {}
-    return state, train_step, step_lib.make_eval_step(cfg, state_sh, batch_sh, **tokens, **token_bytes)
+    eval_step = step_lib.make_eval_step(cfg, step_layout.sharding, batch_sh, **tokens, **token_bytes)
+    return state, step_layout, train_step, eval_step
 
 
 def _nonfinite_message(step, metrics, moved, ckpt) -> str:
@@ -143,8 +146,9 @@ class _Run:
     was saved) is moved aside too: its parameters give the non-finite gradient whatever the lr, so a rerun
     resuming from it would stop at the same step again; the rerun starts from the checkpoint before it."""
 
-    def __init__(self, exp, ckpt, train_iter, val_batches, eval_step, place, writer, console, log):
+    def __init__(self, exp, ckpt, train_iter, val_batches, eval_step, place, writer, console, log, to_saved):
         self.t, self.ckpt, self.train_iter, self.val_batches = exp.train, ckpt, train_iter, val_batches
+        self.to_saved = to_saved  # the step's state layout -> the checkpointed one (train/layout.py StepLayout)
         self.eval_step, self.place, self.writer, self.console, self.log = eval_step, place, writer, console, log
         self.skips, self.skipped_total, self.summary = 0, 0, {}
         self.eval_time, self.save_time = Stopwatch(), Stopwatch()
@@ -155,7 +159,7 @@ class _Run:
         if step == 0 or self.ckpt.latest_step() == step:
             return step
         with self.save_time:
-            self.ckpt.save(state, self.train_iter.get_state())
+            self.ckpt.save(self.to_saved(state), self.train_iter.get_state())
         path = self.ckpt.step_dir(step)
         shown = os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path  # as the user typed it
         self.console.checkpoint(step, shown, self.save_time.last)
@@ -256,8 +260,8 @@ def _finish(run, exp, workdir, state, train_iter, cfg, timer, devices, times, lo
             if value is not None:
                 summary[key] = value
     if t.sample_tokens and jax.process_count() == 1:
-        summary["sample"] = sample.greedy_sample(cfg, state.variables(), t.sample_prompt, t.sample_tokens, t.seq_len,
-                                                 tokenizer=tok)
+        summary["sample"] = sample.greedy_sample(cfg, run.to_saved(state).variables(), t.sample_prompt,
+                                                 t.sample_tokens, t.seq_len, tokenizer=tok)
     if jax.process_index() == 0:
         times["wall"] = time.perf_counter() - times.pop("_t0")
         write_summary(workdir, {**summary, "seconds": times["wall"]})
@@ -290,12 +294,13 @@ def train(cd, workdir: str, log=print, *, flops_per_token: float | None = None,
             log(note)
     mesh, cfg = layout.setup_mesh(exp.mesh, exp.model, t.batch_size)
     train_iter, val_batches = _datasets(exp, cfg, log, tok)
-    state, train_step, eval_step = _make_steps(exp, cfg, mesh, tok)
+    state, step_layout, train_step, eval_step = _make_steps(exp, cfg, mesh, tok)
     ckpt = checkpoint.Checkpointer(workdir)
     try:
         state, start = _resume(exp, ckpt, state, train_iter, saved, log)
         if start == 0 and t.init_from:  # a fresh run: the checkpoint's weights, a new optimizer state
             state = init_from.load_weights(state, cfg, t.init_from, log)
+        state = step_layout.to_step(state)  # restored and initialized stacked; stepped split (train/state.py)
         if primary:
             init_from.save_tokenizer(exp, workdir)
             _save_config(exp, workdir)
@@ -304,7 +309,7 @@ def train(cd, workdir: str, log=print, *, flops_per_token: float | None = None,
             log(f"metrics.jsonl: dropped {writer.dropped} rows past step {start} (from the interrupted run)")
         timer, console, devices = _console(exp, start, flops_per_token, peak_flops, log)
         run = _Run(exp, ckpt, train_iter, val_batches, eval_step, lambda b: train_layout.global_batch(b, mesh),
-                   writer, console, log)
+                   writer, console, log, step_layout.to_saved)
         profiler = StepProfiler(workdir, t.profile_steps, start, log)
         try:
             with StopSignal() as stop, jax.set_mesh(mesh):

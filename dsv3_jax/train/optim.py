@@ -16,9 +16,11 @@ from dsv3_jax.train import schedules
 
 
 def decay_mask(params):
-    """True for leaves that get weight decay: arrays of rank >= 2 (per layer for scanned stacks)."""
+    """True for leaves that get weight decay: arrays of rank >= 2 (per layer for scanned stacks; a split
+    stack's leaves, train/state.py, are per layer already)."""
     def rank_wo_stack(path, x):
-        return x.ndim - int(pt.is_stacked(pt.key_names(path))) >= 2
+        split = any(isinstance(k, jax.tree_util.SequenceKey) for k in path)
+        return x.ndim - int(pt.is_stacked(pt.key_names(path)) and not split) >= 2
     return jax.tree_util.tree_map_with_path(rank_wo_stack, params)
 
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dsv3_jax.layer_split import join_params
 from dsv3_jax.model import DeepSeekV3
 from dsv3_jax import losses
 from dsv3_jax.data.tokenizer import PAD_ID
@@ -40,7 +41,10 @@ def load_stats(counts):
 
 
 def loss_fn(params, fp8_meta, router, batch, cfg, lam, alpha, parallel=None, pad_id=PAD_ID):
-    out = DeepSeekV3(cfg, parallel).apply(model_variables(params, router, fp8_meta), batch["inputs"])
+    """The loss of eq. 17-25 and its parts; `params` stacked or split (train/state.py: their gradients come in
+    the same layout)."""
+    variables = model_variables(join_params(cfg, params), router, fp8_meta)
+    out = DeepSeekV3(cfg, parallel).apply(variables, batch["inputs"])
     mask = batch["targets"] != pad_id  # the run tokenizer's padding (data/tokenizers.py)
     ce = losses.cross_entropy(out.logits, batch["targets"], mask)
     mtp = losses.mtp_loss(out.mtp_logits, batch["targets"], mask, lam)
@@ -112,7 +116,8 @@ def eval_step(state: TrainState, batch, *, cfg, parallel=None, pad_id=PAD_ID, to
     (token_bytes None): NLL and count over byte targets. A checkpoint's tokenizer: NLL over every non-pad
     target and the UTF-8 bytes each stands for (token_bytes [V], data/tokenizers.py), so that bits per byte
     compare across tokenizers."""
-    out = DeepSeekV3(cfg, parallel).apply(state.variables(), batch["inputs"])
+    variables = model_variables(join_params(cfg, state.params), state.router, state.fp8_meta)
+    out = DeepSeekV3(cfg, parallel).apply(variables, batch["inputs"])
     targets = batch["targets"]
     logp = jax.nn.log_softmax(out.logits, axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]

@@ -13,7 +13,7 @@ count hold other rows, computed and never read back. Training-sized batches run 
 and an overflow grid over the fullest half's excess, so one hot expert does not pad every expert to its load.
 The rows are gathered straight from the tokens and the outputs summed straight into them (no sorted copy),
 and the forward keeps the two up-projections for the backward. `capacity_forward` is the same forward over the
-fused w13 = w1 | w3 of inference variables (infer/layer_split.py): one matmul for both up-projections.
+fused w13 = w1 | w3 of inference variables (layer_split.py): one matmul for both up-projections.
 
 Legend: M sorted rows, D model dim, F expert hidden, E experts, C capacity (slots per expert).
 """
@@ -307,7 +307,7 @@ def capacity_moe(x, weights, order, inverse, sizes, w1, w2, w3, k: int, caps: tu
 def capacity_forward(x, weights, order, inverse, sizes, w13, w2, k: int, caps: tuple[int, ...], block: int,
                      dtype, overflow: tuple | None = None):
     """capacity_moe's forward over w13 = w1 | w3 [E, D, 2F] (the inference variables of
-    infer/layer_split.py): the same grids, rungs and loop branch, with one matmul for the gate and up
+    layer_split.py): the same grids, rungs and loop branch, with one matmul for the gate and up
     projections. Meant for inference; it has no custom backward, plain autodiff differentiates it."""
     return _forward(x, weights, order, inverse, sizes, w13, w2, None, k, caps, block, dtype, overflow,
                     False)[0].astype(dtype)

@@ -123,7 +123,7 @@ def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int | 
     (block_loop.py), small ones as one batched matmul over gathered weights (block_gather.py). Where one
     batched matmul over per-expert capacity slots costs less (capacity_beats_blocks: decoding batches), that
     runs instead (block_capacity.py). w3 None: w1 is the fused w13 = w1 | w3 [E, D, 2F] of inference variables
-    (infer/layer_split.py); the capacity batch then runs its gate and up projections as ONE matmul
+    (layer_split.py); the capacity batch then runs its gate and up projections as ONE matmul
     (block_capacity.capacity_forward), which XLA:CPU streams faster than two, and the blocks take slices."""
     n, k = experts.shape
     e, f, d = w2.shape

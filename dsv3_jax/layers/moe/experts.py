@@ -14,7 +14,7 @@ with comm the expert-parallel byte counts [len(node_routing.COMM_FIELDS)] or Non
 (MetaKernel-wrapped under the per-tensor delayed FP8 recipe, for the backends with `delayed_fp8`); gmm is
 the grouped GEMM of the FP8 recipe (layers/linear.grouped_matmul_fn). A backend may also have a `fused` form,
 `fused(x, weights, experts, w13, w2, *, cfg) -> (y, comm)` over the gate and up projections as one
-[E, D, 2F] matrix (the inference variables of infer/layer_split.py). Adding a backend: its implementation
+[E, D, 2F] matrix (the inference variables of layer_split.py). Adding a backend: its implementation
 file plus one `register` line here.
 """
 

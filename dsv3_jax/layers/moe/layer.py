@@ -31,7 +31,7 @@ ROUTER_COLLECTION = pt.ROUTER
 class RoutedExperts(nn.Module):
     """Holds the stacked expert weights w1, w3 [E, D, F] and w2 [E, F, D] (this rank's E/X experts when the
     parallel context runs inside a shard_map over the expert axis). Returns (y [N, D], comm bytes or None).
-    Inference variables may hold w13 = w1 | w3 [E, D, 2F] in place of w1 and w3 (infer/layer_split.py)."""
+    Inference variables may hold w13 = w1 | w3 [E, D, 2F] in place of w1 and w3 (layer_split.py)."""
 
     cfg: "object"
     parallel: ExpertParallel | None = None
@@ -47,7 +47,7 @@ class RoutedExperts(nn.Module):
             kernel = weight(self, name, shape, axes, normal_init(c.init_std), activation_mesh(self.parallel))
             return fp8_kernel(self, name, kernel, c) if backend.delayed_fp8 else kernel
 
-        if self.has_variable(pt.PARAMS, pt.FUSED_UP):  # inference variables (infer/layer_split.py)
+        if self.has_variable(pt.PARAMS, pt.FUSED_UP):  # inference variables (layer_split.py)
             return self._fused(backend, c, x, weights, experts, w("w2", (e, f, d), ("expert", "mlp", "embed")))
         w1 = w("w1", (e, d, f), ("expert", "embed", "mlp"))
         w2 = w("w2", (e, f, d), ("expert", "mlp", "embed"))

@@ -1,4 +1,4 @@
-"""infer/layer_split.py: split variables decode to the same numbers as stacked ones, and XLA:CPU then reads
+"""layer_split.py: split variables decode to the same numbers as stacked ones, and XLA:CPU then reads
 every unrolled layer's weights in place (no slice copies in the compiled decoding step); fused routed experts
 (w13 = w1 | w3) decode to the same tokens and float32-equal logits."""
 
@@ -10,7 +10,7 @@ import pytest
 
 from dsv3_jax import param_tree as pt
 from dsv3_jax.infer import decode_step, generate, init_cache, join_layers, prefill, split_layers
-from dsv3_jax.infer.layer_split import LayerSplit, fuses_experts
+from dsv3_jax.layer_split import LayerSplit, fuses_experts
 from dsv3_jax.model import DeepSeekV3
 from tests.conftest import tiny_config
 

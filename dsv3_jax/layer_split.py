@@ -1,10 +1,13 @@
-"""Inference variables with each unrolled stack's layers as separate arrays: `split_layers` once, then pass the
-result wherever variables go (generate, prefill, decode_step, speculative decoding).
+"""Variables with each unrolled stack's layers as separate arrays. Inference: `split_layers` once, then pass the
+result wherever variables go (generate, prefill, decode_step, speculative decoding). Training: `split_params`
+gives the layout the trainer steps in (params and optimizer moments per layer, train/state.py), `join_params`
+the stacked tree again inside the step and wherever a checkpoint is written.
 
 Why: a scanned stack keeps its layers in one [L, ...] array. Where the stack is unrolled (small models,
 ModelConfig.scan_unroll), layer i's weights are a slice of that array, and XLA:CPU copies the slice before any
-matmul that cannot read it in place (the batched expert matmuls of decoding: measured about a third of a
-decoding step at 16 sequences). Given the layers as separate arguments, the model's own stacking inside the
+matmul that cannot read it in place (the batched expert matmuls: measured about a third of a decoding step
+at 16 sequences, 3-18% of a forward+backward step of the side-by-side model, whose gradients are also
+concatenated back into [L, ...] arrays). Given the layers as separate arguments, the model's own stacking inside the
 jitted step is undone by XLA's slice-of-concatenate simplification, so every matmul reads its parameter
 buffer directly. The numbers are identical: `join_layers` rebuilds the same stacked tree inside the step.
 Stacks that are not unrolled stay stacked (their loop reads layer i with a dynamic slice either way).
@@ -18,6 +21,8 @@ same dot product, equal to float32 rounding. Stacked or split, join_layers keeps
 """
 
 from __future__ import annotations
+
+import math
 
 import flax.linen as nn
 import jax
@@ -45,10 +50,52 @@ class LayerSplit:
         return cls(*children)
 
 
-def _map_stacks(cfg, variables: dict, fn, is_leaf=None) -> dict:
-    unrolled = {name for name, n in pt.stack_sizes(cfg).items() if scan_unroll(cfg.scan_unroll, n) == n}
-    return {col: ({g: (jax.tree.map(fn, sub, is_leaf=is_leaf) if g in unrolled else sub) for g, sub in tree.items()}
-                  if isinstance(tree, dict) else tree) for col, tree in variables.items()}
+def unrolled_stacks(cfg) -> set[str]:
+    """The stacks that split (module docstring): those the model unrolls completely (ModelConfig.scan_unroll)."""
+    return {name for name, n in pt.stack_sizes(cfg).items() if scan_unroll(cfg.scan_unroll, n) == n}
+
+
+def is_split(params) -> bool:
+    """Whether a params-structured tree holds per-layer tuples (split_params)."""
+    return any(isinstance(x, tuple) for x in jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, tuple)))
+
+
+def mesh_split(mesh, entry) -> int:
+    """Into how many parts a PartitionSpec entry (None, an axis name or a tuple of them) splits its dim."""
+    names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    return math.prod(dict(mesh.shape).get(a, 1) for a in names)
+
+
+def split_params(cfg, params):
+    """A params tree, or any tree of its structure (an optimizer moment, the NamedShardings of either), with
+    every leaf of an unrolled stack as a tuple of its L per-layer leaves; unchanged where no stack unrolls
+    (a scanned model at real size). The same numbers: join_params(cfg, split_params(cfg, p)) == p bitwise."""
+    sizes, unrolled = pt.stack_sizes(cfg), unrolled_stacks(cfg)
+
+    def cut(name):
+        n = sizes[name]
+
+        def one(leaf):
+            if isinstance(leaf, jax.sharding.NamedSharding):  # each layer's: the stack's, less the layer axis
+                if leaf.spec and mesh_split(leaf.mesh, leaf.spec[0]) > 1:
+                    raise ValueError(f"split_params: stack {name!r} has its layer axis sharded ({leaf.spec}); "
+                                     "only a pipeline shards it, and a pipelined step keeps its stacks stacked")
+                return (jax.sharding.NamedSharding(leaf.mesh, jax.sharding.PartitionSpec(*leaf.spec[1:])),) * n
+            if not leaf.shape or leaf.shape[0] != n:
+                raise ValueError(f"split_params: a leaf of stack {name!r} has shape {tuple(leaf.shape)}; expected "
+                                 f"its {n} layers first")
+            return tuple(leaf[i] for i in range(n))
+        return one
+
+    return {g: (jax.tree.map(cut(g), sub) if g in unrolled else sub) for g, sub in params.items()}
+
+
+def join_params(cfg, params):
+    """split_params undone (inside a jitted step: free, module docstring); a stacked tree is returned as it is."""
+    if not is_split(params):
+        return params
+    unrolled, is_layers = unrolled_stacks(cfg), lambda a: isinstance(a, tuple)
+    return {g: (jax.tree.map(jnp.stack, sub, is_leaf=is_layers) if g in unrolled else sub) for g, sub in params.items()}
 
 
 def fuses_experts(cfg) -> bool:
@@ -83,7 +130,8 @@ def split_layers(cfg, variables: dict, fuse: bool | None = None) -> LayerSplit:
     variables = nn.unbox(variables)
     if (supported if fuse is None else fuse) and pt.PARAMS in variables:
         variables = {**variables, pt.PARAMS: _fuse_experts(variables[pt.PARAMS])}
-    return LayerSplit(_map_stacks(cfg, variables, lambda a: tuple(a[i] for i in range(a.shape[0]))))
+    return LayerSplit({col: split_params(cfg, tree) if isinstance(tree, dict) else tree
+                       for col, tree in variables.items()})
 
 
 def join_layers(cfg, variables):
@@ -91,4 +139,4 @@ def join_layers(cfg, variables):
     anything that is not a LayerSplit is returned as it is."""
     if not isinstance(variables, LayerSplit):
         return variables
-    return _map_stacks(cfg, variables.tree, jnp.stack, is_leaf=lambda a: isinstance(a, tuple))
+    return {col: join_params(cfg, tree) if isinstance(tree, dict) else tree for col, tree in variables.tree.items()}
