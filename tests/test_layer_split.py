@@ -1,6 +1,7 @@
 """layer_split.py: split variables decode to the same numbers as stacked ones, and XLA:CPU then reads
 every unrolled layer's weights in place (no slice copies in the compiled decoding step); fused routed experts
-(w13 = w1 | w3) decode to the same tokens and float32-equal logits."""
+(w13 = w1 | w3) and precomputed absorbed MLA weights (W_UK, W_UV) decode to the same tokens and float32-equal
+logits."""
 
 import flax.linen as nn
 import jax
@@ -10,7 +11,7 @@ import pytest
 
 from dsv3_jax import param_tree as pt
 from dsv3_jax.infer import decode_step, generate, init_cache, join_layers, prefill, split_layers
-from dsv3_jax.layer_split import LayerSplit, fuses_experts
+from dsv3_jax.layer_split import LayerSplit, absorbs_mla, fuses_experts
 from dsv3_jax.model import DeepSeekV3
 from tests.conftest import tiny_config
 
@@ -30,9 +31,17 @@ def _routed_dicts(tree, path=()):
     return here + [r for k, v in tree.items() for r in _routed_dicts(v, path + (k,))]
 
 
+def _attn_dicts(tree, path=()):
+    """(path, MLA params dict) of every attention module in a params tree."""
+    if not isinstance(tree, dict):
+        return []
+    here = [(path, tree)] if "wkv_b" in tree else []
+    return here + [r for k, v in tree.items() for r in _attn_dicts(v, path + (k,))]
+
+
 def test_split_round_trip(model):
     cfg, variables = model
-    split = split_layers(cfg, variables, fuse=False)
+    split = split_layers(cfg, variables, fuse=False, absorb=False)
     assert isinstance(split, LayerSplit) and split_layers(cfg, split) is split
     n_moe = pt.stack_sizes(cfg)[pt.MOE]
     leaf = jax.tree.leaves(split.tree[pt.PARAMS][pt.MOE], is_leaf=lambda a: isinstance(a, tuple))[0]
@@ -49,7 +58,7 @@ def test_fused_round_trip(model):
     every other leaf comes back unchanged."""
     cfg, variables = model
     assert fuses_experts(cfg)
-    joined = join_layers(cfg, split_layers(cfg, variables))
+    joined = join_layers(cfg, split_layers(cfg, variables, absorb=False))
     want, got = dict(_routed_dicts(variables[pt.PARAMS])), dict(_routed_dicts(joined[pt.PARAMS]))
     assert want.keys() == got.keys() and len(got) >= 1
     for path, routed in got.items():
@@ -61,6 +70,40 @@ def test_fused_round_trip(model):
         lambda p, a: None if pt.ROUTED in str(p) else a, t)
     for a, b in zip(jax.tree.leaves(strip(joined)), jax.tree.leaves(strip(variables))):
         np.testing.assert_array_equal(a, b)
+
+
+def test_absorbed_round_trip(model):
+    """Absorbed (the default with no FP8 recipe): every MLA dict gains W_UK [.., H, N, C] and W_UV [.., H, C, V],
+    wkv_b's columns per head regrouped (checked against numpy indexing of [C, H·(N+V)]); nothing else changes."""
+    cfg, variables = model
+    assert absorbs_mla(cfg) and not absorbs_mla(cfg.replace(fp8="blockwise"))
+    joined = join_layers(cfg, split_layers(cfg, variables, fuse=False))
+    want, got = dict(_attn_dicts(variables[pt.PARAMS])), dict(_attn_dicts(joined[pt.PARAMS]))
+    assert want.keys() == got.keys() and len(got) >= 2  # the stacks' and the MTP-free model's
+    h, n, c, v = cfg.n_heads, cfg.qk_nope_head_dim, cfg.kv_lora_rank, cfg.v_head_dim
+    for path, attn in got.items():
+        assert set(attn) == set(want[path]) | {pt.ABSORBED_UK, pt.ABSORBED_UV}, path
+        wkv_b = np.asarray(want[path]["wkv_b"])  # [L, C, H·(N+V)]
+        for layer in range(wkv_b.shape[0]):
+            for head in range(h):
+                cols = wkv_b[layer][:, head * (n + v):(head + 1) * (n + v)]  # [C, N+V]
+                np.testing.assert_array_equal(attn[pt.ABSORBED_UK][layer, head], cols[:, :n].T)
+                np.testing.assert_array_equal(attn[pt.ABSORBED_UV][layer, head], cols[:, n:])
+        assert attn[pt.ABSORBED_UK].shape[1:] == (h, n, c) and attn[pt.ABSORBED_UV].shape[1:] == (h, c, v)
+    strip = lambda t: jax.tree_util.tree_map_with_path(  # noqa: E731
+        lambda p, a: None if pt.ABSORBED_UK in str(p) or pt.ABSORBED_UV in str(p) else a, t)
+    for a, b in zip(jax.tree.leaves(strip(joined)), jax.tree.leaves(strip(variables))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_absorbed_weights_refuse_fp8_and_wrong_shapes(model):
+    cfg, variables = model
+    with pytest.raises(ValueError, match="absorb=True.*fp8='blockwise'"):
+        split_layers(cfg.replace(fp8="blockwise"), variables, absorb=True)
+    joined = join_layers(cfg, split_layers(cfg, variables, fuse=False))
+    bad = jax.tree_util.tree_map_with_path(lambda p, a: a[..., :-1] if pt.ABSORBED_UV in str(p) else a, joined)
+    with pytest.raises(ValueError, match=f"attn/{pt.ABSORBED_UV}: expected shape"):
+        generate(cfg, bad, [[1, 2, 3]], max_new_tokens=1)
 
 
 def test_fuse_needs_a_fused_backend(model):
@@ -84,28 +127,29 @@ def test_fused_weight_of_the_wrong_shape_is_named(model):
 
 def test_not_unrolled_stacks_stay_stacked(model):
     cfg, variables = model
-    split = split_layers(cfg.replace(scan_unroll=1), variables, fuse=False)  # a loop over 2 MoE layers
+    split = split_layers(cfg.replace(scan_unroll=1), variables, fuse=False, absorb=False)  # a loop over 2 layers
     moe = lambda v: jax.tree.leaves(v[pt.PARAMS][pt.MOE])  # noqa: E731
     for a, b in zip(moe(split.tree), moe(variables)):
         assert a is b
 
 
-@pytest.mark.parametrize("fuse", [False, True])
-def test_split_decodes_identically(model, fuse):
-    """Split only: bitwise the stacked logits. Fused: the same greedy tokens, logits equal to fp32 rounding."""
+@pytest.mark.parametrize("fuse,absorb", [(False, False), (True, False), (False, True), (True, True)])
+def test_split_decodes_identically(model, fuse, absorb):
+    """Split only: bitwise the stacked logits. Fused or absorbed: the same greedy tokens, logits equal to fp32
+    rounding."""
     cfg, variables = model
     prompts = [[3, 1, 4, 1, 5], [9, 2, 6]]
     want = generate(cfg, variables, prompts, max_new_tokens=6)
-    got = generate(cfg, split_layers(cfg, variables, fuse=fuse), prompts, max_new_tokens=6)
+    got = generate(cfg, split_layers(cfg, variables, fuse=fuse, absorb=absorb), prompts, max_new_tokens=6)
     np.testing.assert_array_equal(got.tokens, want.tokens)
     tokens, lengths = np.array([[3, 1, 4, 1], [9, 2, 6, 0]], np.int32), np.array([4, 3], np.int32)
     outs = []
-    for v in (variables, split_layers(cfg, variables, fuse=fuse)):
+    for v in (variables, split_layers(cfg, variables, fuse=fuse, absorb=absorb)):
         cache, logits = prefill(cfg, v, tokens, lengths, init_cache(cfg, 2, 8))
         _, step = decode_step(cfg, v, cache, jnp.array([7, 8], jnp.int32))
         outs.append((np.asarray(logits), np.asarray(step)))
     for a, b in zip(*outs):
-        if fuse:
+        if fuse or absorb:
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
         else:
             np.testing.assert_array_equal(a, b)
