@@ -1,10 +1,10 @@
-"""Plain autoregressive generation with the whole loop on the device: prefill the prompts, then one jitted
-`lax.while_loop` of (sample, record, decode_step) with sampling, stop tokens and max_new_tokens evaluated on
-the device (emit.py), so no token makes a host round trip.
+"""Plain autoregressive generation with the whole loop on the device: prefill the prompts and sample the first
+token, then one jitted `lax.while_loop` of (decode the last token, sample, record) with sampling, stop tokens
+and max_new_tokens evaluated on the device (emit.py), so no token makes a host round trip.
 
 Streaming: with `on_tokens`, the loop runs `stream_every` steps per device call and `on_tokens(new)` gets,
-per sequence, the list of tokens it took in those steps (empty once it has stopped); without it, one call runs
-to the end. Every sequence stops at a stop token (kept as its last generated token) or after max_new_tokens.
+per sequence, the list of tokens it took in those steps (empty once it has stopped; the first list also holds
+the first token); without it, one call runs to the end. Every sequence stops at a stop token (kept as its last generated token) or after max_new_tokens.
 For speed on small models pass `split_layers(cfg, variables)` (layer_split.py: the layers of an unrolled stack
 as separate arrays, so the decoding matmuls read the weights in place); it is a copy, made once by the caller.
 Legend: B batch, T prompt width, V vocab.
@@ -57,25 +57,36 @@ def cache_length(cfg, prompt_width: int, needed: int) -> int:
 
 @flax.struct.dataclass
 class LoopState:
-    cache: KVCache
-    logits: jnp.ndarray  # [B, V] for the next token
+    cache: KVCache  # every position before `token`
+    token: jnp.ndarray  # [B] the last token taken, not yet run through the model
     out: Emitted
     rng: jnp.ndarray
 
 
+def _take_sampled(s_rng, logits, out: Emitted, sp: SamplingParams, stop):
+    """(rng, token [B], out): sample the next token of every row from logits [B, V] and offer it to `out`."""
+    rng, key = jax.random.split(s_rng)
+    tok = sample(key, logits, sp)
+    return rng, tok, emit.take(out, tok[:, None], jnp.ones_like(tok), stop)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def first_token(logits, state: LoopState, sp: SamplingParams, stop) -> LoopState:
+    """The first generated token, sampled from the prefill's logits [B, V] (no model call)."""
+    rng, tok, out = _take_sampled(state.rng, logits, state.out, sp, stop)
+    return state.replace(token=tok, out=out, rng=rng)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 3, 4), donate_argnames="state")
 def run_steps(cfg, variables, state: LoopState, steps: int, sp: SamplingParams, stop):
-    """Up to `steps` (sample, record, decode) iterations, ending early when every sequence is done."""
+    """Up to `steps` (decode, sample, record) iterations, ending early when every sequence is done. Each
+    iteration first runs the pending token through the model, so the loop ends on a sampled token and no step
+    decodes a token nobody reads; no branch sits around the decode either (a lax.cond there made XLA copy
+    the whole KV cache in and out of it at every step)."""
     def body(s):
-        rng, key = jax.random.split(s.rng)
-        tok = sample(key, s.logits, sp)
-        out = emit.take(s.out, tok[:, None], jnp.ones_like(tok), stop)
-
-        def decode(cache):
-            cache, logits, _ = extend(cfg, variables, cache, tok[:, None])
-            return cache.replace(lengths=cache.lengths + 1), logits[:, 0]
-        cache, logits = jax.lax.cond(jnp.all(out.done), lambda c: (c, s.logits), decode, s.cache)  # no last step
-        return LoopState(cache=cache, logits=logits, out=out, rng=rng)
+        cache, logits, _ = extend(cfg, variables, s.cache, s.token[:, None])
+        rng, tok, out = _take_sampled(s.rng, logits[:, 0], s.out, sp, stop)
+        return LoopState(cache=cache.replace(lengths=cache.lengths + 1), token=tok, out=out, rng=rng)
 
     return emit.until_done(body, state, steps)
 
@@ -92,13 +103,14 @@ def generate(cfg, variables, prompts: Sequence[Sequence[int]], *, max_new_tokens
     tokens, lengths = pad_prompts(prompts, pad_id)
     cache = init_cache(cfg, len(prompts), cache_length(cfg, tokens.shape[1], max_new_tokens), absorb=absorb)
     cache, logits = prefill(cfg, variables, tokens, lengths, cache)
-    state = LoopState(cache=cache, logits=logits, out=Emitted.empty(len(prompts), max_new_tokens, pad_id),
-                      rng=jax.random.key(seed))
+    state = LoopState(cache=cache, token=jnp.zeros((len(prompts),), jnp.int32),
+                      out=Emitted.empty(len(prompts), max_new_tokens, pad_id), rng=jax.random.key(seed))
     stop = jnp.asarray(emit.stop_array(stop_tokens))
-    steps = stream_every if on_tokens is not None else max_new_tokens
+    steps = stream_every if on_tokens is not None else max_new_tokens - 1
+    state, first = first_token(logits, state, sampling, stop), True
     while True:
-        before = np.asarray(state.out.count)
-        state = run_steps(cfg, variables, state, steps, sampling, stop)
+        before = np.zeros(len(prompts), np.int32) if first else np.asarray(state.out.count)
+        state, first = run_steps(cfg, variables, state, steps, sampling, stop), False
         if on_tokens is not None:
             on_tokens(emit.new_since(state.out, before))
         if bool(jnp.all(state.out.done)):

@@ -123,3 +123,38 @@ def test_sampling_generate_is_seeded_and_bad_inputs():
         generate(CFG, variables, ps, max_new_tokens=60)
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(CFG, variables, ps, max_new_tokens=0)
+
+
+def test_one_new_token_and_streamed_chunks():
+    """max_new_tokens=1 is the prefill's argmax alone (the loop runs no step); streaming every 2 steps hands
+    the first token over with the first chunk and then at most 2 per call."""
+    variables = init_variables(CFG)
+    ps = prompts(CFG, (5, 1, 9))
+    one = generate(CFG, variables, ps, max_new_tokens=1)
+    for b, (logits, _) in enumerate(full_forward(CFG, variables, [list(p) for p in ps])):
+        assert one.num_tokens[b] == 1 and one.tokens[b, 0] == np.argmax(logits[len(ps[b]) - 1])
+    chunks = []
+    out = generate(CFG, variables, ps, max_new_tokens=6, stream_every=2, on_tokens=chunks.append)
+    assert [len(c[0]) for c in chunks] == [3, 2, 1]
+    assert [sum((c[b] for c in chunks), []) for b in range(3)] == [list(s) for s in out.sequences()]
+
+
+def test_generation_loop_copies_no_cache():
+    """The compiled loop updates the KV cache in place: no copy of a cache buffer per step (a lax.cond around
+    the decode made XLA copy the whole cache in and out of it)."""
+    import re
+
+    from dsv3_jax.infer.cache import init_cache
+    from dsv3_jax.infer.decode import prefill
+    from dsv3_jax.infer.emit import Emitted
+    from dsv3_jax.infer.generate import LoopState, run_steps
+    variables = init_variables(CFG)
+    cache = init_cache(CFG, 2, 16)
+    cache, logits = prefill(CFG, variables, np.ones((2, 4), np.int32), np.array([4, 3], np.int32), cache)
+    state = LoopState(cache=cache, token=jnp.zeros((2,), jnp.int32), out=Emitted.empty(2, 8, 0),
+                      rng=jax.random.key(0))
+    hlo = run_steps.lower(CFG, variables, state, 7, SamplingParams(), jnp.asarray([-1], jnp.int32))
+    hlo = hlo.compile().as_text()
+    shapes = {f"f32[{','.join(map(str, a.shape))}]" for a in jax.tree.leaves(cache.groups)}
+    copies = [m for m in re.findall(r"= (f32\[[0-9,]*\])\S* copy\(", hlo) if m in shapes]
+    assert shapes and not copies, copies
