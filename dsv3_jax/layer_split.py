@@ -20,10 +20,10 @@ same dot product, equal to float32 rounding. Stacked or split, join_layers keeps
 (moe/layer.py).
 
 With no FP8 recipe, every MLA module also gets its absorbed weights W_UK [H, N, C] and W_UV [H, C, V]
-precomputed beside wkv_b (`absorbs_mla`; layers/mla.py:absorbed_weights): the latent-cache attention batches its
-per-head products over heads, and cut from wkv_b's [C, H·(N+V)] layout every step those operands are
-transposed copies (measured, two runs of the side-by-side model: a batch-16 decoding step 0-6% shorter, batch 1 3-5%, the
-same tokens).
+precomputed beside wkv_b (`absorbs_mla`; layers/mla.py:absorbed_weights): the latent-cache attention batches
+its per-head products over heads, and cut from wkv_b's [C, H·(N+V)] layout every step those operands are
+transposed copies (measured, two runs of the side-by-side model: a batch-16 decoding step 0-6% shorter,
+batch 1 3-5%, the same tokens).
 """
 
 from __future__ import annotations

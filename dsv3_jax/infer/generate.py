@@ -4,7 +4,8 @@ and max_new_tokens evaluated on the device (emit.py), so no token makes a host r
 
 Streaming: with `on_tokens`, the loop runs `stream_every` steps per device call and `on_tokens(new)` gets,
 per sequence, the list of tokens it took in those steps (empty once it has stopped; the first list also holds
-the first token); without it, one call runs to the end. Every sequence stops at a stop token (kept as its last generated token) or after max_new_tokens.
+the first token); without it, one call runs to the end. Every sequence stops at a stop token (kept as its last
+generated token) or after max_new_tokens.
 For speed on small models pass `split_layers(cfg, variables)` (layer_split.py: the layers of an unrolled stack
 as separate arrays, so the decoding matmuls read the weights in place); it is a copy, made once by the caller.
 Legend: B batch, T prompt width, V vocab.
