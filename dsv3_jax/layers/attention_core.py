@@ -122,9 +122,49 @@ def causal_attention(q, k, v, mask, scale: float, blocks: int | None = None):
                                   mask[:, i * c:(i + 1) * c, :(i + 1) * c], scale) for i in range(n)]
         return jnp.concatenate(outs, axis=1)
     qh, kh, vh = map(_heads_major, (q, k, v))
-    outs = [heads_major_attention(qh[:, :, i * c:(i + 1) * c], kh[:, :, :(i + 1) * c], vh[:, :, :(i + 1) * c],
-                                  mask[:, i * c:(i + 1) * c, :(i + 1) * c], scale) for i in range(n)]
-    return _heads_major(jnp.concatenate(outs, axis=2))
+    return _heads_major(causal_heads_major(qh, kh, vh, mask, scale, n))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def causal_heads_major(qh, kh, vh, mask, scale: float, n: int):
+    """o [B,H,T,V] of causal_attention on heads-major operands in n causal blocks: query block i attends to the
+    keys [0, end of block i) (heads_major_attention's math per block). One custom_vjp over all the blocks, so
+    the backward assembles dk and dv key block by key block, Σ over the query blocks that saw it, instead of
+    autodiff zero-padding every block's [0, end) gradient to full length and summing the n padded arrays
+    (measured on the side-by-side model's training step: 0.92x the time pinned to one core, level on two)."""
+    return _causal_forward(qh, kh, vh, mask, scale, n)[0]
+
+
+def _causal_blocks(qh, kh, vh, mask, n):
+    """Per causal block i: (q rows of block i, keys and values [0, end_i), the mask rows)."""
+    c = qh.shape[2] // n
+    return [(qh[:, :, i * c:(i + 1) * c], kh[:, :, :(i + 1) * c], vh[:, :, :(i + 1) * c],
+             mask[:, i * c:(i + 1) * c, :(i + 1) * c]) for i in range(n)]
+
+
+def _causal_forward(qh, kh, vh, mask, scale, n):
+    outs, probs = [], []
+    for q, k, v, m in _causal_blocks(qh, kh, vh, mask, n):
+        o, (*_, p) = _attention_forward(q, k, v, m, scale)
+        outs.append(o)
+        probs.append(p)
+    return jnp.concatenate(outs, axis=2), (qh, kh, vh, mask, tuple(probs))
+
+
+def _causal_backward(scale, n, res, doh):
+    qh, kh, vh, mask, probs = res
+    c = qh.shape[2] // n
+    grads = [_attention_backward(scale, (q, k, v, p), doh[:, :, i * c:(i + 1) * c])[:3]
+             for i, ((q, k, v, _), p) in enumerate(zip(_causal_blocks(qh, kh, vh, mask, n), probs))]
+
+    def by_key_block(which):  # key block j: the sum of its rows over the query blocks i >= j that saw it
+        return jnp.concatenate([sum(grads[i][which][:, :, j * c:(j + 1) * c] for i in range(j, n))
+                                for j in range(n)], axis=2)
+    dq = jnp.concatenate([g[0] for g in grads], axis=2)
+    return dq, by_key_block(1), by_key_block(2), None
+
+
+causal_heads_major.defvjp(_causal_forward, _causal_backward)
 
 
 def masked_attention(q, k, v, mask, scale: float):
