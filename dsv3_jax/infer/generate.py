@@ -108,11 +108,12 @@ def generate(cfg, variables, prompts: Sequence[Sequence[int]], *, max_new_tokens
                       out=Emitted.empty(len(prompts), max_new_tokens, pad_id), rng=jax.random.key(seed))
     stop = jnp.asarray(emit.stop_array(stop_tokens))
     steps = stream_every if on_tokens is not None else max_new_tokens - 1
-    state, first = first_token(logits, state, sampling, stop), True
+    state = first_token(logits, state, sampling, stop)
+    before = np.zeros(len(prompts), np.int32)  # the first token goes out with the first chunk
     while True:
-        before = np.zeros(len(prompts), np.int32) if first else np.asarray(state.out.count)
-        state, first = run_steps(cfg, variables, state, steps, sampling, stop), False
+        state = run_steps(cfg, variables, state, steps, sampling, stop)
         if on_tokens is not None:
             on_tokens(emit.new_since(state.out, before))
+            before = np.asarray(state.out.count)
         if bool(jnp.all(state.out.done)):
             return GenerateResult.of(state.out)

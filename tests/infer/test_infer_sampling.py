@@ -1,12 +1,17 @@
 """Sampling filters against a numpy reference, the sampled distribution, and generate(): greedy equals the
 full forward's argmax, stop tokens, max_new_tokens, seeding."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dsv3_jax.infer.generate import generate, pad_prompts
+from dsv3_jax.infer.cache import init_cache
+from dsv3_jax.infer.decode import prefill
+from dsv3_jax.infer.emit import Emitted
+from dsv3_jax.infer.generate import LoopState, generate, pad_prompts, run_steps
 from dsv3_jax.infer.sampling import SamplingParams, sample, token_probs, top_k_mask, top_p_mask
 from tests.conftest import tiny_config
 from tests.infer.infer_helpers import full_forward, init_variables, prompts
@@ -142,12 +147,6 @@ def test_one_new_token_and_streamed_chunks():
 def test_generation_loop_copies_no_cache():
     """The compiled loop updates the KV cache in place: no copy of a cache buffer per step (a lax.cond around
     the decode made XLA copy the whole cache in and out of it)."""
-    import re
-
-    from dsv3_jax.infer.cache import init_cache
-    from dsv3_jax.infer.decode import prefill
-    from dsv3_jax.infer.emit import Emitted
-    from dsv3_jax.infer.generate import LoopState, run_steps
     variables = init_variables(CFG)
     cache = init_cache(CFG, 2, 16)
     cache, logits = prefill(CFG, variables, np.ones((2, 4), np.int32), np.array([4, 3], np.int32), cache)
