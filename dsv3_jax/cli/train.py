@@ -11,7 +11,9 @@ tokens/s after compilation, TFLOP/s, MFU, ETA), an eval line per evaluation, a l
 table (stdout); the numbers go to workdir/metrics.jsonl, workdir/summary.json and TensorBoard
 (`tensorboard --logdir WORKDIR`). --config.train.profile_steps=[a,b] writes a jax.profiler trace of steps a..b
 to WORKDIR/profile (TensorBoard's profile plugin from xprof, or ui.perfetto.dev). The persistent compilation
-cache is on (train/compile_cache.py).
+cache is on (train/compile_cache.py). On the CPU, glibc keeps freed memory for the next step
+(train/host_memory.py: the step's temporaries are not page-faulted in again at every step); --system_malloc keeps
+glibc's defaults.
 
 Exit status: 0 when train.steps are done; 1 on bad input or a non-finite step (one `dsv3-train: error:` line,
 naming the field or the last good checkpoint); 2 on unknown flags; 128 + the signal number (143 for SIGTERM,
@@ -32,7 +34,22 @@ def make_parser():
     p.add_argument("--num_processes", type=int, metavar="N", help="multi-host: number of processes")
     p.add_argument("--process_id", type=int, metavar="I", help="multi-host: this process's index in [0, N)")
     add_compile_cache_flags(p)
+    p.add_argument("--system_malloc", action="store_true", help="keep glibc's malloc defaults on the CPU (by default "
+                   "freed memory is kept for the next step: train/host_memory.py)")
     return p
+
+
+def setup_host_memory(args) -> bool:
+    """Keep freed memory for the next step (train/host_memory.py) on a CPU run unless --system_malloc; whether
+    it is on. Must run before JAX starts a backend."""
+    from dsv3_jax.train import host_memory
+
+    if args.system_malloc or not host_memory.runs_on_cpu():
+        return False
+    on = host_memory.keep_freed_memory()
+    config_args.LOG.info("host malloc: %s", "freed memory kept for the next step (--system_malloc turns it off)"
+                         if on else "glibc's defaults (no glibc here)")
+    return on
 
 
 def add_compile_cache_flags(p) -> None:
@@ -81,6 +98,7 @@ def _train(exp, args) -> int:
     from dsv3_jax.parallel import distributed
     from dsv3_jax.train.loop import NonFiniteError, train
 
+    setup_host_memory(args)  # before anything starts a backend: JAX's threads take their malloc arenas then
     setup_compile_cache(args)
     try:
         distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
