@@ -41,7 +41,8 @@ def keep_freed_memory() -> bool:
     if not available():
         return False
     libc = ctypes.CDLL(None)
-    return all(libc.mallopt(param, value) == 1 for param, value in SETTINGS)
+    accepted = [libc.mallopt(param, value) == 1 for param, value in SETTINGS]  # every setting tried
+    return all(accepted)
 
 
 def runs_on_cpu(platforms: str | None = None) -> bool:
