@@ -4,9 +4,9 @@ Why: XLA:CPU allocates the temporaries of an executable (the activations a train
 pass, its gradients, ...) with malloc at every run and frees them at the end. glibc serves a block larger than its
 mmap threshold (at most 32 MiB by default), or any large block requested from a thread with its own arena, with a
 fresh mmap and unmaps it on free, so every step touches all of those pages for the first time again: the kernel
-zeroes them one 4 KiB page fault at a time. Measured (README: the main job, and Speed): the side-by-side model's step has 366 MB
-of temporaries and took about 91,000 page faults, 180 ms of kernel time, per step; the main job's tiny model
-about 56,000 (83 ms).
+zeroes them one 4 KiB page fault at a time. Measured (README: the main job, and Speed): the side-by-side model's
+step has 366 MB of temporaries and took about 91,000 page faults, 180 ms of kernel time, per step; the main job's
+tiny model about 56,000 (83 ms).
 
 `keep_freed_memory()` tells glibc (mallopt) to use one arena, to serve blocks under 1 GiB from its heap and never
 to give the heap's free top back to the system, so the second step reuses the first step's pages. The cost is
