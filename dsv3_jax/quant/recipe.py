@@ -25,6 +25,7 @@ from dsv3_jax.quant.fp8 import E4M3, dequantize_blocks, dequantize_tiles, quanti
 from dsv3_jax.quant.fp8_delayed import delayed_linear, quantize_delayed
 from dsv3_jax.quant.fp8_grouped import blockwise_ragged_dot, delayed_ragged_dot
 from dsv3_jax.quant.fp8_linear import blockwise_linear
+from dsv3_jax.quant.weight_grad import token_dot
 from dsv3_jax.registry import Registry
 
 
@@ -50,8 +51,9 @@ def _need_meta(meta, name):
 def tokens_matmul(x, kernel, dtype, out_dtype=None):
     """y [..., N] = x [..., K] · kernel [K, N] in `dtype` with fp32 accumulation (returned in out_dtype, default
     `dtype`), computed on x flattened to [M, K]: the weight gradient is then one plain [K, M]·[M, N] GEMM
-    (XLA:CPU runs the gradient of a matmul whose tokens span two axes, contracted over both, 2-3x slower)."""
-    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+    (XLA:CPU runs the gradient of a matmul whose tokens span two axes, contracted over both, 2-3x slower),
+    laid out for the backend by quant/weight_grad.token_dot."""
+    y = token_dot(x.reshape(-1, x.shape[-1]).astype(dtype), kernel.astype(dtype))
     return y.reshape(*x.shape[:-1], kernel.shape[-1]).astype(out_dtype or dtype)
 
 
