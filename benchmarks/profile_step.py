@@ -68,7 +68,8 @@ def op_times(trace_dir: str, steps: int) -> collections.Counter:
     return leaf_times(json.loads(data)["traceEvents"], steps)
 
 
-CONTAINER_OP = re.compile(r"(cond|conditional|while|call)(\.\d+)?")  # their events span their bodies' ops
+# Their events span their bodies' ops; XLA names copies of a computation "cond.27.clone" (the decoding programs).
+CONTAINER_OP = re.compile(r"(cond|conditional|while|call)(\.\d+)*(\.clone(\.\d+)?)?")
 
 
 def leaf_times(events, steps: int) -> collections.Counter:

@@ -20,6 +20,7 @@ def test_leaf_times_leave_out_control_flow_and_runtime_events():
                    _event("ThreadpoolListener::Region", t + 3_100, 5_000),
                    _event("while.4", t + 20_000, 1_000),
                    _event("call", t + 21_000, 1_000),
+                   _event("cond.27.clone", t + 22_000, 1_000),  # a cloned computation's cond, as decoding has
                    _event("add_fusion.3", t, 0, ph="i")]  # an instant event: no duration
     times = leaf_times(events, steps=2)
     assert dict(times) == {"add_fusion.3": 2.0, "ynn_fusion.7": 6.0, "gather_bitcast_fusion.50": 2.5}
