@@ -10,14 +10,13 @@ Legend: B batch, T new tokens, S cache slots, D model dim, V vocab.
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from dsv3_jax import param_tree as pt
+from dsv3_jax.infer.cpu_dots import tokens_jit
 from dsv3_jax.layer_split import LayerSplit, join_layers
 from dsv3_jax.layers.kv_cache import KVCache
 from dsv3_jax.model import DeepSeekV3
@@ -71,7 +70,8 @@ def check_prompts(tokens, lengths, cache: KVCache):
             raise ValueError(f"lengths: every prompt length must be in [1, T={tokens.shape[1]}], got {host.tolist()}")
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames="all_logits", donate_argnames="cache")
+@tokens_jit(lambda cfg, variables, tokens, *a, **k: tokens.size, static_argnums=0, static_argnames="all_logits",
+            donate_argnames="cache")
 def _prefill(cfg, variables, tokens, lengths, cache, all_logits):
     cache = cache.replace(lengths=jnp.zeros_like(cache.lengths))
     cache, logits, _ = extend(cfg, variables, cache, tokens)
@@ -92,7 +92,7 @@ def prefill(cfg, variables, tokens, lengths, cache: KVCache, *, all_logits: bool
     return _prefill(cfg, variables, tokens.astype(jnp.int32), lengths, cache, all_logits=all_logits)
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnames="cache")
+@tokens_jit(lambda cfg, variables, cache, tokens: tokens.size, static_argnums=0, donate_argnames="cache")
 def _decode_step(cfg, variables, cache, tokens):
     cache, logits, _ = extend(cfg, variables, cache, tokens[:, None])
     return cache.replace(lengths=cache.lengths + 1), logits[:, 0]

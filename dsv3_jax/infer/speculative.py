@@ -15,7 +15,6 @@ Legend: B batch, T prompt width, D MTP depth (draft length), W = 2D window, V vo
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Callable, Sequence
 
 import flax
@@ -25,6 +24,7 @@ import numpy as np
 
 from dsv3_jax.infer import acceptance, emit, mtp_draft
 from dsv3_jax.infer.cache import MTP_GROUP, KVCache, init_cache
+from dsv3_jax.infer.cpu_dots import tokens_jit
 from dsv3_jax.infer.decode import check_prompts, extend
 from dsv3_jax.infer.generate import cache_length, pad_prompts
 from dsv3_jax.infer.sampling import SamplingParams, sample, token_probs
@@ -48,7 +48,7 @@ def take_window(x, start, width: int):
     return jnp.take_along_axis(x, idx, axis=1)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 6), donate_argnames=("cache", "mtp_kv"))
+@tokens_jit(lambda cfg, variables, tokens, *a: tokens.size, static_argnums=(0, 6), donate_argnames=("cache", "mtp_kv"))
 def spec_prefill(cfg, variables, tokens, lengths, cache: KVCache, mtp_kv, sp: SamplingParams, rng):
     """Prefill the main model and the MTP caches on prompts [B,T]; emit t_n (n = lengths) and draft D tokens."""
     b, t = tokens.shape
@@ -67,7 +67,8 @@ def spec_prefill(cfg, variables, tokens, lengths, cache: KVCache, mtp_kv, sp: Sa
     return state
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3), donate_argnames="state")
+@tokens_jit(lambda cfg, variables, state, *a: state.pending.size + state.drafts.size, static_argnums=(0, 3),
+            donate_argnames="state")
 def spec_round(cfg, variables, state: SpecState, sp: SamplingParams, rng):
     """One verify / accept / roll back / draft round. Returns (state, emitted [B, D+1], a [B]): row b emitted
     emitted[b, :a[b] + 1] (a[b] accepted drafts, then the main model's token)."""
@@ -132,7 +133,8 @@ class SpecLoop:
     accepted: jnp.ndarray  # int32 [D]: active row-rounds whose draft j+1 was accepted
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4), donate_argnames="loop")
+@tokens_jit(lambda cfg, variables, loop, *a: loop.spec.pending.size + loop.spec.drafts.size, static_argnums=(0, 3, 4),
+            donate_argnames="loop")
 def run_rounds(cfg, variables, loop: SpecLoop, rounds: int, sp: SamplingParams, stop):
     """Up to `rounds` verify/accept/draft rounds on the device, ending early when every sequence is done."""
     d = cfg.mtp_depth

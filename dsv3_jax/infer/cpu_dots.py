@@ -1,0 +1,56 @@
+"""Which dot library the inference programs compile with on the CPU: forwards over few tokens go without YNNPACK.
+
+XLA:CPU hands dots, and the element-wise and reduce ops fused around them, to YNNPACK by default. A forward over
+a few tokens (a decoding step, a short prompt) multiplies every routed expert's weights by a few rows: skinny
+batched GEMMs [E, C, D] x [E, D, F] with C of 4-32, whose cost is reading the weights. YNNPACK runs them at about
+7 GB/s of weights on two cores of the test machine, XLA's own (Eigen) dots at about 13, out of about 29 GB/s of
+memory bandwidth (twelve [16, 8, 256] x [16, 256, 512] products over distinct weights: 1.10 against 0.69 ms each).
+From about 128 tokens on, YNNPACK's GEMMs are the faster ones again. Measured on the side-by-side checkpoint
+(benchmarks/side_by_side.py sizes, two cores, jax 0.10.2, 2026-12-03; repeats rotated in one process, medians;
+the same tokens and logits):
+
+    forward tokens      program                     time without YNNPACK / with
+    1, 4, 16, 64        64-token greedy decode      1.00, 0.95, 0.72, 0.82
+    32, 64, 128, 256    prefill of 32-token prompts 0.81, 0.73, 1.07, 1.11
+    512                 prefill                     1.07
+
+So a program whose forward sees at most SMALL_FORWARD_TOKENS tokens compiles with YNNPACK's fusions off
+(`xla_cpu_experimental_ynn_fusion_type=""`, a per-executable compiler option), the others with XLA's defaults.
+Other backends always get their defaults. Training keeps YNNPACK: on its batch the whole step ran 2-6% slower
+without it (README "Speed").
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+
+SMALL_FORWARD_TOKENS = 64  # B·T of one forward, up to which the CPU program compiles without YNNPACK
+NO_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def tokens_jit(forward_tokens: Callable[..., int], **jit_kwargs):
+    """Decorator: jax.jit(fn, **jit_kwargs), compiled without YNNPACK on the CPU when
+    forward_tokens(*args, **kwargs) <= SMALL_FORWARD_TOKENS (a static function of the argument shapes).
+    The result calls and `.lower`s like a jitted function; called inside another jit it is that jit's part
+    (compiler options exist only for a top-level program)."""
+    def wrap(fn):
+        default = jax.jit(fn, **jit_kwargs)
+        small = jax.jit(fn, compiler_options=NO_YNNPACK, **jit_kwargs)
+
+        def pick(args, kwargs):
+            if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((args, kwargs))):
+                return default  # called inside another jit: the outer program's options apply
+            cpu_and_small = jax.default_backend() == "cpu" and forward_tokens(*args, **kwargs) <= SMALL_FORWARD_TOKENS
+            return small if cpu_and_small else default
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            return pick(args, kwargs)(*args, **kwargs)
+
+        call.lower = lambda *args, **kwargs: pick(args, kwargs).lower(*args, **kwargs)
+        call.pick = pick
+        return call
+    return wrap

@@ -1,0 +1,56 @@
+"""infer/cpu_dots.py: forwards over at most SMALL_FORWARD_TOKENS tokens compile without YNNPACK on the CPU (the
+compiled HLO has no YNNPACK fusion), larger ones with XLA's defaults, inside another jit it is that jit's part,
+and every variant computes the same numbers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dsv3_jax.infer.cpu_dots import SMALL_FORWARD_TOKENS, tokens_jit
+
+
+@tokens_jit(lambda x, w: x.shape[0], donate_argnames=())
+def _project(x, w):
+    return jax.nn.silu(x @ w)
+
+
+def _hlo(x, w):
+    return _project.lower(x, w).compile().as_text()
+
+
+def _inputs(tokens):
+    rng = np.random.default_rng(tokens)
+    return (jnp.asarray(rng.standard_normal((tokens, 256)), jnp.float32),
+            jnp.asarray(rng.standard_normal((256, 512)) / 16, jnp.float32))
+
+
+def test_small_forwards_compile_without_ynnpack():
+    assert jax.default_backend() == "cpu"
+    assert "__ynn_fusion" not in _hlo(*_inputs(SMALL_FORWARD_TOKENS))
+    assert "__ynn_fusion" in _hlo(*_inputs(SMALL_FORWARD_TOKENS + 1))  # XLA:CPU's default hands the dot to YNNPACK
+
+
+def test_same_numbers_either_way_and_inside_jit():
+    x, w = _inputs(8)
+    small = _project(x, w)
+    np.testing.assert_allclose(np.asarray(small), np.asarray(jax.nn.silu(x @ w)), rtol=1e-5, atol=1e-5)
+    nested = jax.jit(lambda x, w: _project(x, w) * 2.0)(x, w)  # no compiler options on a nested jit
+    np.testing.assert_allclose(np.asarray(nested), 2.0 * np.asarray(small), rtol=1e-5, atol=1e-5)
+
+
+def test_decode_loop_compiles_without_ynnpack():
+    from dsv3_jax.config import ModelConfig
+    from dsv3_jax.infer.cache import init_cache
+    from dsv3_jax.infer.generate import LoopState, run_steps
+    from dsv3_jax.infer.emit import Emitted
+    from dsv3_jax.infer.sampling import SamplingParams
+    from dsv3_jax.model import DeepSeekV3
+    cfg = ModelConfig(vocab_size=64, dim=32, inter_dim=64, moe_inter_dim=16, n_layers=2, n_dense_layers=1,
+                      n_heads=2, n_routed_experts=4, n_activated_experts=2, n_expert_groups=1, n_limited_groups=1,
+                      q_lora_rank=0, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
+                      max_seq_len=32, original_seq_len=32, mtp_depth=0, dtype="float32")
+    variables = jax.jit(DeepSeekV3(cfg).init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    state = LoopState(cache=init_cache(cfg, 2, 16), token=jnp.zeros((2,), jnp.int32),
+                      out=Emitted.empty(2, 4, 0), rng=jax.random.key(1))
+    hlo = run_steps.lower(cfg, variables, state, 3, SamplingParams(), jnp.asarray([-1], jnp.int32))
+    assert "__ynn_fusion" not in hlo.compile().as_text()
