@@ -12,47 +12,39 @@ variants of each shape back to back, medians of `--repeats` warm calls.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.gpu_steps import median_seconds
 from dsv3_jax.quant.weight_grad import _weight_grad_plain, _weight_grad_transposed, cpu_transposes_weight_grad
 
 ROWS = (64, 128, 256, 512, 1024, 2048)
 COLS = (128, 256, 512, 1024, 2048, 4096)
 
 
-def median_seconds(fn, args, repeats: int) -> float:
-    for _ in range(2):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=2048, help="M, the rows of x and dy")
     p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--rows", default=",".join(map(str, ROWS)), help="K values, comma-separated")
+    p.add_argument("--cols", default=",".join(map(str, COLS)), help="N values, comma-separated")
     a = p.parse_args(argv)
+    rows, cols = (tuple(int(v) for v in arg.split(",")) for arg in (a.rows, a.cols))
     plain, transposed = jax.jit(_weight_grad_plain), jax.jit(_weight_grad_transposed)
     rng = np.random.default_rng(0)
     print(f"{jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, M = {a.tokens}: "
           "GF/s plain / materialized (time ratio; * = the layout quant/weight_grad.py picks on the CPU)\n")
-    print("| K \\ N | " + " | ".join(map(str, COLS)) + " |\n|---|" + "---|" * len(COLS))
+    print("| K \\ N | " + " | ".join(map(str, cols)) + " |\n|---|" + "---|" * len(cols))
     grid = {}
-    for k in ROWS:
+    for k in rows:
         cells = []
-        for n in COLS:
+        for n in cols:
             x = jnp.asarray(rng.standard_normal((a.tokens, k), np.float32))
             dy = jnp.asarray(rng.standard_normal((a.tokens, n), np.float32))
-            t_plain = median_seconds(plain, (x, dy), a.repeats)
-            t_trans = median_seconds(transposed, (x, dy), a.repeats)
+            t_plain = median_seconds(plain, x, dy, repeats=a.repeats)
+            t_trans = median_seconds(transposed, x, dy, repeats=a.repeats)
             flops = 2 * a.tokens * k * n / 1e9
             grid[(k, n)] = (t_plain, t_trans)
             mark = "*" if cpu_transposes_weight_grad(k, n) else ""
