@@ -23,7 +23,7 @@ without it (README "Speed").
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 
@@ -31,26 +31,27 @@ SMALL_FORWARD_TOKENS = 64  # B·T of one forward, up to which the CPU program co
 NO_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-def tokens_jit(forward_tokens: Callable[..., int], **jit_kwargs):
-    """Decorator: jax.jit(fn, **jit_kwargs), compiled without YNNPACK on the CPU when
-    forward_tokens(*args, **kwargs) <= SMALL_FORWARD_TOKENS (a static function of the argument shapes).
-    The result calls and `.lower`s like a jitted function; called inside another jit it is that jit's part
-    (compiler options exist only for a top-level program)."""
+def tokens_jit(forward_tokens: Callable[..., Any], **jit_kwargs):
+    """Decorator: jax.jit(fn, **jit_kwargs), compiled without YNNPACK on the CPU when the arrays
+    forward_tokens(*args, **kwargs) returns (the tokens one forward runs, one per element: an array or a tuple
+    of arrays) have at most SMALL_FORWARD_TOKENS elements together. The result calls and `.lower`s like a
+    jitted function; called inside another jit (its tokens are tracers there) it is that jit's part: compiler
+    options exist only for a top-level program."""
     def wrap(fn):
         default = jax.jit(fn, **jit_kwargs)
         small = jax.jit(fn, compiler_options=NO_YNNPACK, **jit_kwargs)
 
         def pick(args, kwargs):
-            if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((args, kwargs))):
-                return default  # called inside another jit: the outer program's options apply
-            cpu_and_small = jax.default_backend() == "cpu" and forward_tokens(*args, **kwargs) <= SMALL_FORWARD_TOKENS
-            return small if cpu_and_small else default
+            tokens = forward_tokens(*args, **kwargs)
+            tokens = tokens if isinstance(tokens, tuple) else (tokens,)
+            if any(isinstance(t, jax.core.Tracer) for t in tokens) or jax.default_backend() != "cpu":
+                return default
+            return small if sum(t.size for t in tokens) <= SMALL_FORWARD_TOKENS else default
 
         @functools.wraps(fn)
         def call(*args, **kwargs):
             return pick(args, kwargs)(*args, **kwargs)
 
         call.lower = lambda *args, **kwargs: pick(args, kwargs).lower(*args, **kwargs)
-        call.pick = pick
         return call
     return wrap

@@ -70,7 +70,7 @@ def check_prompts(tokens, lengths, cache: KVCache):
             raise ValueError(f"lengths: every prompt length must be in [1, T={tokens.shape[1]}], got {host.tolist()}")
 
 
-@tokens_jit(lambda cfg, variables, tokens, *a, **k: tokens.size, static_argnums=0, static_argnames="all_logits",
+@tokens_jit(lambda cfg, variables, tokens, *a, **k: tokens, static_argnums=0, static_argnames="all_logits",
             donate_argnames="cache")
 def _prefill(cfg, variables, tokens, lengths, cache, all_logits):
     cache = cache.replace(lengths=jnp.zeros_like(cache.lengths))
@@ -92,7 +92,7 @@ def prefill(cfg, variables, tokens, lengths, cache: KVCache, *, all_logits: bool
     return _prefill(cfg, variables, tokens.astype(jnp.int32), lengths, cache, all_logits=all_logits)
 
 
-@tokens_jit(lambda cfg, variables, cache, tokens: tokens.size, static_argnums=0, donate_argnames="cache")
+@tokens_jit(lambda cfg, variables, cache, tokens: tokens, static_argnums=0, donate_argnames="cache")
 def _decode_step(cfg, variables, cache, tokens):
     cache, logits, _ = extend(cfg, variables, cache, tokens[:, None])
     return cache.replace(lengths=cache.lengths + 1), logits[:, 0]

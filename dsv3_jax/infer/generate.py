@@ -79,7 +79,7 @@ def first_token(logits, state: LoopState, sp: SamplingParams, stop) -> LoopState
     return state.replace(token=tok, out=out, rng=rng)
 
 
-@tokens_jit(lambda cfg, variables, state, *a: state.token.size, static_argnums=(0, 3, 4), donate_argnames="state")
+@tokens_jit(lambda cfg, variables, state, *a: state.token, static_argnums=(0, 3, 4), donate_argnames="state")
 def run_steps(cfg, variables, state: LoopState, steps: int, sp: SamplingParams, stop):
     """Up to `steps` (decode, sample, record) iterations, ending early when every sequence is done. Each
     iteration first runs the pending token through the model, so the loop ends on a sampled token and no step

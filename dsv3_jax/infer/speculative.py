@@ -48,7 +48,7 @@ def take_window(x, start, width: int):
     return jnp.take_along_axis(x, idx, axis=1)
 
 
-@tokens_jit(lambda cfg, variables, tokens, *a: tokens.size, static_argnums=(0, 6), donate_argnames=("cache", "mtp_kv"))
+@tokens_jit(lambda cfg, variables, tokens, *a: tokens, static_argnums=(0, 6), donate_argnames=("cache", "mtp_kv"))
 def spec_prefill(cfg, variables, tokens, lengths, cache: KVCache, mtp_kv, sp: SamplingParams, rng):
     """Prefill the main model and the MTP caches on prompts [B,T]; emit t_n (n = lengths) and draft D tokens."""
     b, t = tokens.shape
@@ -67,7 +67,7 @@ def spec_prefill(cfg, variables, tokens, lengths, cache: KVCache, mtp_kv, sp: Sa
     return state
 
 
-@tokens_jit(lambda cfg, variables, state, *a: state.pending.size + state.drafts.size, static_argnums=(0, 3),
+@tokens_jit(lambda cfg, variables, state, *a: (state.pending, state.drafts), static_argnums=(0, 3),
             donate_argnames="state")
 def spec_round(cfg, variables, state: SpecState, sp: SamplingParams, rng):
     """One verify / accept / roll back / draft round. Returns (state, emitted [B, D+1], a [B]): row b emitted
@@ -133,7 +133,7 @@ class SpecLoop:
     accepted: jnp.ndarray  # int32 [D]: active row-rounds whose draft j+1 was accepted
 
 
-@tokens_jit(lambda cfg, variables, loop, *a: loop.spec.pending.size + loop.spec.drafts.size, static_argnums=(0, 3, 4),
+@tokens_jit(lambda cfg, variables, loop, *a: (loop.spec.pending, loop.spec.drafts), static_argnums=(0, 3, 4),
             donate_argnames="loop")
 def run_rounds(cfg, variables, loop: SpecLoop, rounds: int, sp: SamplingParams, stop):
     """Up to `rounds` verify/accept/draft rounds on the device, ending early when every sequence is done."""

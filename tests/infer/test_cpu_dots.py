@@ -9,7 +9,7 @@ import numpy as np
 from dsv3_jax.infer.cpu_dots import SMALL_FORWARD_TOKENS, tokens_jit
 
 
-@tokens_jit(lambda x, w: x.shape[0], donate_argnames=())
+@tokens_jit(lambda x, w: x[:, 0], donate_argnames=())
 def _project(x, w):
     return jax.nn.silu(x @ w)
 
@@ -28,6 +28,18 @@ def test_small_forwards_compile_without_ynnpack():
     assert jax.default_backend() == "cpu"
     assert "__ynn_fusion" not in _hlo(*_inputs(SMALL_FORWARD_TOKENS))
     assert "__ynn_fusion" in _hlo(*_inputs(SMALL_FORWARD_TOKENS + 1))  # XLA:CPU's default hands the dot to YNNPACK
+
+
+@tokens_jit(lambda a, b, w: (a[:, 0], b[:, 0]))
+def _two_parts(a, b, w):
+    return jnp.concatenate([a, b]) @ w
+
+
+def test_token_parts_count_together():
+    half = SMALL_FORWARD_TOKENS // 2
+    (a, w), (b, _) = _inputs(half), _inputs(half + 1)
+    assert "__ynn_fusion" not in _two_parts.lower(a, a, w).compile().as_text()  # 2·half tokens
+    assert "__ynn_fusion" in _two_parts.lower(a, b, w).compile().as_text()  # one more
 
 
 def test_same_numbers_either_way_and_inside_jit():
