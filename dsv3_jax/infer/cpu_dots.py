@@ -35,8 +35,8 @@ def tokens_jit(forward_tokens: Callable[..., Any], **jit_kwargs):
     """Decorator: jax.jit(fn, **jit_kwargs), compiled without YNNPACK on the CPU when the arrays
     forward_tokens(*args, **kwargs) returns (the tokens one forward runs, one per element: an array or a tuple
     of arrays) have at most SMALL_FORWARD_TOKENS elements together. The result calls and `.lower`s like a
-    jitted function; called inside another jit (its tokens are tracers there) it is that jit's part: compiler
-    options exist only for a top-level program."""
+    jitted function (`.jitted` is the plain jax.jit, for jax.export); called inside another jit (its tokens are
+    tracers there) it is that jit's part: compiler options exist only for a top-level program."""
     def wrap(fn):
         default = jax.jit(fn, **jit_kwargs)
         small = jax.jit(fn, compiler_options=NO_YNNPACK, **jit_kwargs)
@@ -53,5 +53,6 @@ def tokens_jit(forward_tokens: Callable[..., Any], **jit_kwargs):
             return pick(args, kwargs)(*args, **kwargs)
 
         call.lower = lambda *args, **kwargs: pick(args, kwargs).lower(*args, **kwargs)
+        call.jitted = default  # the plain jax.jit with XLA's defaults, for jax.export and other backends
         return call
     return wrap

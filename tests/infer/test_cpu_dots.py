@@ -35,6 +35,12 @@ def _two_parts(a, b, w):
     return jnp.concatenate([a, b]) @ w
 
 
+def test_jitted_is_the_plain_program_for_export():
+    x, w = _inputs(8)
+    text = jax.export.export(_project.jitted, platforms=["cuda"])(x, w).mlir_module()
+    assert "dot_general" in text
+
+
 def test_token_parts_count_together():
     half = SMALL_FORWARD_TOKENS // 2
     (a, w), (b, _) = _inputs(half), _inputs(half + 1)
