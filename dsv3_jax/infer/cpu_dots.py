@@ -1,13 +1,13 @@
 """Which dot library the inference programs compile with on the CPU: forwards over few tokens go without YNNPACK.
 
-XLA:CPU hands dots, and the element-wise and reduce ops fused around them, to YNNPACK by default. A forward over
-a few tokens (a decoding step, a short prompt) multiplies every routed expert's weights by a few rows: skinny
-batched GEMMs [E, C, D] x [E, D, F] with C of 4-32, whose cost is reading the weights. YNNPACK runs them at about
-7 GB/s of weights on two cores of the test machine, XLA's own (Eigen) dots at about 13, out of about 29 GB/s of
-memory bandwidth (twelve [16, 8, 256] x [16, 256, 512] products over distinct weights: 1.10 against 0.69 ms each).
-From about 128 tokens on, YNNPACK's GEMMs are the faster ones again. Measured on the side-by-side checkpoint
-(benchmarks/side_by_side.py sizes, two cores, jax 0.10.2, 2026-12-03; repeats rotated in one process, medians;
-the same tokens and logits):
+XLA:CPU hands dots, and the element-wise and reduce ops fused around them, to YNNPACK by default. A forward over a
+few tokens (a decoding step, a short prompt) multiplies every routed expert's weights by a few rows: skinny batched
+GEMMs [E, C, D] x [E, D, F] with C of 4-32, whose cost is reading the weights. YNNPACK runs them at about 7 GB/s of
+weights on a 2-core AMD EPYC (Zen 2, AVX2) VM, XLA's own (Eigen) dots at about 13, out of about 29 GB/s of memory
+bandwidth (twelve [16, 8, 256] x [16, 256, 512] products over distinct weights: 1.10 against 0.69 ms each). From
+about 128 tokens on, YNNPACK's GEMMs are the faster ones again. Measured on the side-by-side checkpoint
+(benchmarks/side_by_side.py sizes, that VM, jax 0.10.2, 2026-12-03; repeats rotated in one process, medians; the
+same tokens and logits):
 
     forward tokens      program                     time without YNNPACK / with
     1, 4, 16, 64        64-token greedy decode      1.00, 0.95, 0.72, 0.82
@@ -15,9 +15,10 @@ the same tokens and logits):
     512                 prefill                     1.07
 
 So a program whose forward sees at most SMALL_FORWARD_TOKENS tokens compiles with YNNPACK's fusions off
-(`xla_cpu_experimental_ynn_fusion_type=""`, a per-executable compiler option), the others with XLA's defaults.
-Other backends always get their defaults. Training keeps YNNPACK: on its batch the whole step ran 2-6% slower
-without it (README "Speed").
+(`xla_cpu_experimental_ynn_fusion_type=""`, a per-executable compiler option), the others with XLA's defaults. Other
+backends always get their defaults; on AVX-512 CPUs the threshold has not been measured. Training keeps YNNPACK: on
+its batch the whole step ran 2-6% slower without it on Sapphire Rapids (README "Speed") and 5-6% on the Zen 2
+VM.
 """
 
 from __future__ import annotations

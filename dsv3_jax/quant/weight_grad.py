@@ -1,14 +1,14 @@
 """The plain (non-FP8) token matmul y [M, N] = x [M, K] · w [K, N] with fp32 accumulation, and the layout of
 its weight gradient dw = xᵀ · dy.
 
-Autodiff writes dw as ONE dot contracting the lhs's major axis (the token axis M of x). XLA:CPU hands such a dot
-to Eigen, not to YNNPACK (whose dots want the contraction on the lhs's minor axis), and Eigen runs it at an
-erratic speed: for the output head of the side-by-side model (K = 256, N = 4096, M = 2048) at about 37 GF/s on
-one core and 73 on two, against 85 and 165 for the same product with xᵀ materialized row-major first
-(`python -m benchmarks.weight_grad_layout` prints the whole grid). The copy of x costs one pass over [M, K].
-So on the CPU, for the shapes where Eigen was measured slow, dw is `dot(barrier(xᵀ), dy)`; the optimization
-barrier keeps XLA from folding the transpose back into the dot's operand layout. Other backends (cuBLAS takes
-either operand order at full speed) and other shapes keep autodiff's dot. The choice is made per lowering
+Autodiff writes dw as ONE dot contracting the lhs's major axis (the token axis M of x). XLA:CPU hands such a dot to
+Eigen, not to YNNPACK (whose dots want the contraction on the lhs's minor axis), and Eigen runs it at an erratic
+speed: for the output head of the side-by-side model (K = 256, N = 4096, M = 2048) at about 37 GF/s on one core and
+73 on two (a 2-core AMD EPYC Zen 2 VM, AVX2, jax 0.10.2, 2026-12-03), against 85 and 165 for the same product with
+xᵀ materialized row-major first (`python -m benchmarks.weight_grad_layout` prints the grid). The copy of x costs one
+pass over [M, K]. So on the CPU, for the shapes where Eigen was measured slow, dw is `dot(barrier(xᵀ), dy)`; the
+optimization barrier keeps XLA from folding the transpose back into the dot's operand layout. Other backends (cuBLAS
+takes either operand order at full speed) and other shapes keep autodiff's dot. The choice is made per lowering
 platform (`lax.platform_dependent`), so a program exported for CUDA from a CPU host gets the plain dot.
 """
 
@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 # Eigen was slow (0.4-0.6x of the materialized layout) from N >= 2048 columns or K >= 512 rows of dw; with
-# K < 128 the copy does not pay (benchmarks/weight_grad_layout.py; 2 cores and 1, jax 0.10.2).
+# K < 128 the copy does not pay (benchmarks/weight_grad_layout.py on the Zen 2 VM above, 2 cores and 1; not
+# measured on AVX-512 machines).
 MIN_ROWS, WIDE_ROWS, WIDE_COLS = 128, 512, 2048
 
 
