@@ -39,7 +39,7 @@ def test_small_forwards_compile_without_ynnpack(eigen):
 
 
 def test_small_forwards_keep_ynnpack_where_it_is_chosen(monkeypatch):
-    monkeypatch.setenv(OVERRIDE, "YNNPACK")  # case and spaces do not matter
+    monkeypatch.setenv(OVERRIDE, " YNNPACK ")  # case and surrounding spaces do not matter
     assert "__ynn_fusion" in _hlo(*_inputs(SMALL_FORWARD_TOKENS))
 
 
