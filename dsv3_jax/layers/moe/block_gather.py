@@ -53,13 +53,22 @@ block_matmul.defvjp(_block_matmul_fwd, _block_matmul_bwd)
 
 
 def gathered_swiglu(xs, sizes, w1, w2, w3, block: int, dtype):
-    """The same function as block_loop.looped_swiglu: ys [M, D], row r through its group's SwiGLU."""
+    """The same function as block_loop.looped_swiglu: ys [M, D], row r through its group's SwiGLU.
+
+    w3 None: w1 is the fused w13 = w1 | w3 [E, D, 2F] of inference variables (layer_split.py), gathered and
+    multiplied as one [J, D, 2F] block instead of two [J, D, F] ones: one gather and one matmul fewer per layer
+    (measured: single-token decoding of the side-by-side model in 0.75-0.91x the time, the same tokens)."""
     m = xs.shape[0]
     blocks = Blocks(sizes, m, block)
     xp = jnp.concatenate([xs.astype(dtype), jnp.zeros((block, xs.shape[1]), dtype)])
     xb = _rows(xp, blocks.row[:, None] + jnp.arange(block)[None, :])  # [J, b, D]
     bmm = lambda a, w: block_matmul(a, w, blocks.expert, dtype)  # noqa: E731
-    yb = bmm(jax.nn.silu(bmm(xb, w1)) * bmm(xb, w3), w2)  # [J, b, D]
+    if w3 is None:
+        gate_up, f = bmm(xb, w1), w2.shape[1]
+        hidden = jax.nn.silu(gate_up[..., :f]) * gate_up[..., f:]
+    else:
+        hidden = jax.nn.silu(bmm(xb, w1)) * bmm(xb, w3)
+    yb = bmm(hidden, w2)  # [J, b, D]
     group = jnp.repeat(jnp.arange(sizes.shape[0]), sizes, total_repeat_length=m)  # expert of each sorted row
     local = jnp.arange(m) - blocks.first_row[group]
     return yb[blocks.first_block[group] + local // block, local % block]

@@ -124,7 +124,8 @@ def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int | 
     batched matmul over per-expert capacity slots costs less (capacity_beats_blocks: decoding batches), that
     runs instead (block_capacity.py). w3 None: w1 is the fused w13 = w1 | w3 [E, D, 2F] of inference variables
     (layer_split.py); the capacity batch then runs its gate and up projections as ONE matmul
-    (block_capacity.capacity_forward), which XLA:CPU streams faster than two, and the blocks take slices."""
+    (block_capacity.capacity_forward), which XLA:CPU streams faster than two, the gathered blocks gather it
+    whole and the looped blocks take slices."""
     n, k = experts.shape
     e, f, d = w2.shape
     with jax.named_scope("dispatch"):  # profiler trace names (V3 report Figure 2)
@@ -140,13 +141,14 @@ def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int | 
                                                        block_rows(n * k, e), jnp.dtype(dtype), overflow)
             return block_capacity.capacity_moe(x, weights, order, inverse, sizes, w1, w2, w3, k, caps,
                                                block_rows(n * k, e), jnp.dtype(dtype), overflow)
-    if w3 is None:
+    block = block or block_rows(n * k, e)
+    looped = block >= LOOP_MIN_ROWS
+    if w3 is None and looped:  # the gathered blocks take the fused w13 as it is
         w1, w3 = block_capacity.unfuse(w1, w2)
     with jax.named_scope("dispatch"):
         xs = _rows(x, order // k)
     with jax.named_scope("experts"):
-        block = block or block_rows(n * k, e)
-        swiglu = block_loop.looped_swiglu if block >= LOOP_MIN_ROWS else block_gather.gathered_swiglu
+        swiglu = block_loop.looped_swiglu if looped else block_gather.gathered_swiglu
         ys = swiglu(xs, sizes, w1, w2, w3, block, jnp.dtype(dtype))
     with jax.named_scope("combine"):
         return jnp.einsum("nkd,nk->nd", _rows(ys, inverse).reshape(n, k, -1), weights.astype(dtype))

@@ -1,8 +1,8 @@
 """layers/moe/block_loop.py, block_gather.py and block_capacity.py: the block bookkeeping, the capacity ladder,
 and the three grouped SwiGLUs of the blocked backend (a loop of GEMMs; one batched matmul over gathered
 weights; one batched matmul over capacity slots, or two (a base grid and an overflow grid over the fullest
-experts), with the loop as their overflow branch; and the capacity batch's inference form over the fused
-w1 | w3) against a per-row loop and plain autodiff."""
+experts), with the loop as their overflow branch; and the gathered and capacity batches' inference forms over
+the fused w1 | w3) against a per-row loop and plain autodiff."""
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +54,11 @@ def _fused(caps, overflow=None):
     return swiglu
 
 
+def _gathered_fused(xs, sizes, w1, w2, w3, block, dtype):
+    """gathered_swiglu over the fused w13 = w1 | w3 (inference variables: one gather and one matmul for both)."""
+    return block_gather.gathered_swiglu(xs, sizes, jnp.concatenate([w1, w3], axis=-1), w2, None, block, dtype)
+
+
 def _two_grids(caps, overflow):
     def swiglu(xs, sizes, w1, w2, w3, block, dtype):
         rows, ones = jnp.arange(xs.shape[0]), jnp.ones((xs.shape[0], 1), jnp.float32)
@@ -74,13 +79,13 @@ def test_capacity_ladder(m, e, max_rows, want):
 # runs. Two grids with the 2 fullest (9 and 6) getting overflow slots: the base grid must hold the third (4):
 # base 4 + overflow 5 (rung 5 of 2, 5), base 5 + overflow 4 (rung 5: slots past the excess), and base 4 with
 # no overflow rung holding 5 (the loop runs everything).
-@pytest.mark.parametrize("swiglu", [block_loop.looped_swiglu, block_gather.gathered_swiglu, _capacity(9),
-                                    _capacity(12), _capacity(4), _fused((6, 8, 9)), _fused((1, 2)),
+@pytest.mark.parametrize("swiglu", [block_loop.looped_swiglu, block_gather.gathered_swiglu, _gathered_fused,
+                                    _capacity(9), _capacity(12), _capacity(4), _fused((6, 8, 9)), _fused((1, 2)),
                                     _fused((4, 7), (2, (2, 5))), _fused((4,), (2, (1, 3))),
                                     _two_grids((4, 7), (2, (2, 5))),
                                     _two_grids((5,), (2, (5,))), _two_grids((4,), (2, (1, 3)))],
-                         ids=["loop", "gather", "capacity-top", "capacity-mid", "capacity-overflow", "fused-top",
-                              "fused-loop", "fused-two-grids", "fused-two-grids-loop", "two-grids",
+                         ids=["loop", "gather", "gather-fused", "capacity-top", "capacity-mid", "capacity-overflow",
+                              "fused-top", "fused-loop", "fused-two-grids", "fused-two-grids-loop", "two-grids",
                               "two-grids-padded", "two-grids-loop"])
 @pytest.mark.parametrize("block", [1, 3, 8])
 def test_blocked_swiglu_value_and_gradients(block, swiglu):

@@ -28,6 +28,18 @@ SORTED_IMPLS = [dispatch.routed_experts_ragged, dispatch.routed_experts_blocked,
                 lambda *a: dispatch.routed_experts_blocked(*a, block=64)]
 
 
+def _fused(block=None):
+    """routed_experts_blocked on inference variables: w13 = w1 | w3 [E, D, 2F] fused, w3 None (layer_split.py)."""
+    def impl(x, w, experts, w1, w2, w3, dtype):
+        w13 = jnp.concatenate([w1, w3], axis=-1)
+        return dispatch.routed_experts_blocked(x, w, experts, w13, w2, None, dtype, block=block)
+    return impl
+
+
+# The same three paths over the fused w13 (forward only: inference variables): capacity, gathered, loop.
+FUSED_IMPLS = [_fused(), _fused(4), _fused(64)]
+
+
 def test_blocked_backend_path_choice():
     assert dispatch.capacity_beats_blocks(24, 2, 5)  # the problems below run the capacity batch by default
     assert dispatch.capacity_beats_blocks(16, 4, 16)  # decoding 16 sequences, V3-like 16 experts top-4
@@ -38,7 +50,7 @@ def test_blocked_backend_path_choice():
     assert dispatch.block_rows(2048 * 4, 16) >= dispatch.LOOP_MIN_ROWS
 
 
-@pytest.mark.parametrize("impl", SORTED_IMPLS)
+@pytest.mark.parametrize("impl", SORTED_IMPLS + FUSED_IMPLS)
 @pytest.mark.parametrize("skew", [False, True])
 def test_sorted_dispatch_equals_dense_and_loop(skew, impl):
     x, w, experts, (w1, w2, w3) = _problem(skew=skew)
