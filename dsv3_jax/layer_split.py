@@ -17,8 +17,8 @@ where the expert backend has a fused form (moe_impl "blocked", no FP8: `fuses_ex
 capacity batch then multiplies [E, C, D] by one [E, D, 2F] matrix instead of two [E, D, F] ones, which XLA:CPU
 streams faster (measured: a batch-16 decoding step 8-16% shorter, the same tokens), and a lone token's gathered
 blocks gather one [D, 2F] block per expert instead of two [D, F] ones (single-token decoding 9-25% shorter).
-Each output is the same dot product, equal to float32 rounding. Stacked or split, join_layers keeps w13; the model reads it
-(moe/layer.py).
+Each output is the same dot product, equal to float32 rounding. Stacked or split, join_layers keeps w13; the
+model reads it (moe/layer.py).
 
 With no FP8 recipe, every MLA module also gets its absorbed weights W_UK [H, N, C] and W_UV [H, C, V]
 precomputed beside wkv_b (`absorbs_mla`; layers/mla.py:absorbed_weights): the latent-cache attention batches
