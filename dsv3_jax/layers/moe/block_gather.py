@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from dsv3_jax import sharding
+from dsv3_jax.layers.moe.block_capacity import unfuse
 from dsv3_jax.layers.moe.block_loop import Blocks
 
 
@@ -64,11 +65,10 @@ def gathered_swiglu(xs, sizes, w1, w2, w3, block: int, dtype):
     xb = _rows(xp, blocks.row[:, None] + jnp.arange(block)[None, :])  # [J, b, D]
     bmm = lambda a, w: block_matmul(a, w, blocks.expert, dtype)  # noqa: E731
     if w3 is None:
-        gate_up, f = bmm(xb, w1), w2.shape[1]
-        hidden = jax.nn.silu(gate_up[..., :f]) * gate_up[..., f:]
+        a, b = unfuse(bmm(xb, w1), w2)  # the [J, b, 2F] product's halves
     else:
-        hidden = jax.nn.silu(bmm(xb, w1)) * bmm(xb, w3)
-    yb = bmm(hidden, w2)  # [J, b, D]
+        a, b = bmm(xb, w1), bmm(xb, w3)
+    yb = bmm(jax.nn.silu(a) * b, w2)  # [J, b, D]
     group = jnp.repeat(jnp.arange(sizes.shape[0]), sizes, total_repeat_length=m)  # expert of each sorted row
     local = jnp.arange(m) - blocks.first_row[group]
     return yb[blocks.first_block[group] + local // block, local % block]
