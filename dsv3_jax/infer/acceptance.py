@@ -17,6 +17,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dsv3_jax.infer.sampling import argmax
+
 
 def leading_true(ok):
     """Length of the all-True prefix of ok [B, D] -> [B] int32."""
@@ -25,7 +27,7 @@ def leading_true(ok):
 
 def greedy_accept(main_logits, drafts):
     """main_logits [B, D+1, V], drafts [B, D] -> (a, next)."""
-    best = jnp.argmax(main_logits, axis=-1).astype(jnp.int32)  # [B, D+1]
+    best = argmax(main_logits)  # [B, D+1]
     a = leading_true(best[:, :-1] == drafts)
     return a, jnp.take_along_axis(best, a[:, None], axis=1)[:, 0]
 

@@ -34,6 +34,17 @@ class SamplingParams:
         return self.temperature == 0
 
 
+def argmax(logits):
+    """The index of the largest logit of every row [..., V] (int32): the lowest on ties, the first NaN if any,
+    as jnp.argmax. Computed as two reductions (the row maximum, then the lowest index holding it), which
+    XLA:CPU vectorizes; jnp.argmax's single (value, index) reduction it runs element by element, 146 µs of a
+    5 ms batch-16 decoding step over [16, 4096] logits against 68 µs for this (README "Speed")."""
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    hit = (logits == top) | jnp.isnan(logits)  # a NaN maximum equals nothing; jnp.argmax picks the first NaN
+    ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    return jnp.min(jnp.where(hit, ids, logits.shape[-1]), axis=-1)
+
+
 def top_k_mask(logits, k: int):
     """True for the tokens whose logit is >= the k-th largest (ties at the threshold are all kept)."""
     if k <= 0 or k >= logits.shape[-1]:
@@ -64,12 +75,12 @@ def filtered_logits(logits, sp: SamplingParams):
 def token_probs(logits, sp: SamplingParams):
     """The distribution [..., V] that `sample` draws from."""
     if sp.greedy:
-        return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=jnp.float32)
+        return jax.nn.one_hot(argmax(logits), logits.shape[-1], dtype=jnp.float32)
     return jax.nn.softmax(filtered_logits(logits, sp), axis=-1)
 
 
 def sample(rng, logits, sp: SamplingParams):
     """One token id per row of logits [..., V] (int32); independent draws per row."""
     if sp.greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return argmax(logits)
     return jax.random.categorical(rng, filtered_logits(logits, sp), axis=-1).astype(jnp.int32)

@@ -12,7 +12,7 @@ from dsv3_jax.infer.cache import init_cache
 from dsv3_jax.infer.decode import prefill
 from dsv3_jax.infer.emit import Emitted
 from dsv3_jax.infer.generate import LoopState, generate, pad_prompts, run_steps
-from dsv3_jax.infer.sampling import SamplingParams, sample, token_probs, top_k_mask, top_p_mask
+from dsv3_jax.infer.sampling import SamplingParams, argmax, sample, token_probs, top_k_mask, top_p_mask
 from tests.conftest import tiny_config
 from tests.infer.infer_helpers import full_forward, init_variables, prompts
 
@@ -45,6 +45,24 @@ def _logits(seed=0, shape=(6, 17)):
     if shape[0] > 1:
         x[1, :4] = x[1, 4]  # ties at the threshold
     return x
+
+
+def test_argmax_matches_numpy():
+    """Lowest index on ties, the first NaN when a row has one (numpy's and jnp.argmax's rule), ±inf, and any
+    number of leading axes."""
+    x = _logits(3, (7, 4096))
+    x[2, 10] = x[2, 4000] = np.inf
+    x[3, :] = -np.inf
+    x[4, [7, 9]] = np.nan
+    x[5, [5, 6]] = x[5].max() + 3.0
+    x[6, 0] = x[6].max() + 1.0
+    got = np.asarray(argmax(jnp.asarray(x)))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
+    np.testing.assert_array_equal(got, np.asarray(jnp.argmax(jnp.asarray(x), axis=-1)))
+    x3 = _logits(4, (6, 17)).reshape(2, 3, 17)
+    np.testing.assert_array_equal(argmax(jnp.asarray(x3)), np.argmax(x3, axis=-1))
+    np.testing.assert_array_equal(jax.jit(argmax)(jnp.asarray(x3)), np.argmax(x3, axis=-1))
 
 
 @pytest.mark.parametrize("k", [0, 1, 2, 5, 16, 17, 40])
