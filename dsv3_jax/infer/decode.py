@@ -55,6 +55,11 @@ def extend(cfg, variables, cache: KVCache, tokens):
     return cache, logits, hidden
 
 
+def final_logits(cfg, variables, hidden):
+    """fp32 logits [..., V] of hidden states [..., D] taken before the final norm (extend's `hidden`)."""
+    return DeepSeekV3(cfg).apply(model_variables(cfg, variables), hidden, method=DeepSeekV3.final_logits)
+
+
 def check_prompts(tokens, lengths, cache: KVCache):
     """Shapes and (when concrete) values of a prefill batch; errors name the tensor and what was expected."""
     if tokens.ndim != 2 or tokens.shape[0] != cache.batch:
@@ -74,11 +79,14 @@ def check_prompts(tokens, lengths, cache: KVCache):
             donate_argnames="cache")
 def _prefill(cfg, variables, tokens, lengths, cache, all_logits):
     cache = cache.replace(lengths=jnp.zeros_like(cache.lengths))
-    cache, logits, _ = extend(cfg, variables, cache, tokens)
+    cache, logits, hidden = extend(cfg, variables, cache, tokens)
     cache = cache.replace(lengths=lengths.astype(jnp.int32))
     if all_logits:
         return cache, logits
-    return cache, jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    # Only each prompt's last position goes through the final norm and the head; the [B, T, V] logits above
+    # are then dead code, which XLA drops (the head over every position was a tenth of a batch-16 prefill).
+    last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)  # [B, 1, D]
+    return cache, final_logits(cfg, variables, last)[:, 0]
 
 
 def prefill(cfg, variables, tokens, lengths, cache: KVCache, *, all_logits: bool = False):

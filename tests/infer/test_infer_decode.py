@@ -1,6 +1,8 @@
 """Cached decoding details: the router biases steer decoding's routing, cache sizes, input errors. Decoding
 against the full forward for every config: test_infer_every_config.py."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 
 from dsv3_jax.config import ModelConfig
 from dsv3_jax.infer.cache import cache_bytes, cache_bytes_per_token, init_cache
-from dsv3_jax.infer.decode import decode_step, prefill
+from dsv3_jax.infer.decode import _prefill, decode_step, prefill
 from tests.conftest import tiny_config
 from tests.infer.infer_helpers import init_variables, jitted_apply
 
@@ -32,6 +34,22 @@ def test_router_biases_steer_decoding():
     _, biased = prefill(cfg, variables, seqs[:, :9], LENGTHS, init_cache(cfg, 3, 16), all_logits=True)
     np.testing.assert_allclose(logits[0, :5], want[0, :5], rtol=1e-5, atol=1e-5)
     assert not np.allclose(biased[0, :5], logits[0, :5], atol=1e-3)  # the biases change the routing
+
+
+def test_prefill_runs_the_head_on_last_positions_only():
+    """prefill's [B, V] logits equal the all-positions logits at each prompt's last token, and the compiled
+    program multiplies only those B rows by the head (no [B·T, V] product)."""
+    cfg = CONFIGS["v3"]
+    seqs = _sequences(cfg, 2)[:, :9]
+    variables = init_variables(cfg)
+    _, every = prefill(cfg, variables, seqs, LENGTHS, init_cache(cfg, 3, 16), all_logits=True)
+    _, last = prefill(cfg, variables, seqs, LENGTHS, init_cache(cfg, 3, 16))
+    want = np.asarray(every)[np.arange(3), LENGTHS - 1]
+    np.testing.assert_allclose(last, want, rtol=1e-5, atol=1e-6)
+    hlo = _prefill.lower(cfg, variables, seqs, jnp.asarray(LENGTHS), init_cache(cfg, 3, 16),
+                         all_logits=False).compile().as_text()
+    assert f"f32[3,{cfg.vocab_size}]" in hlo
+    assert not re.search(rf"f32\[(27|3,9),{cfg.vocab_size}\]", hlo)
 
 
 def test_cache_bytes():
