@@ -134,13 +134,19 @@ class DeepSeekV3(nn.Module):
             h, h_normed, stats, cache = self.mtp[k](h, self.embed(tokens_ahead_k), positions, mask, cache)
             return h, self._act(self.head(h_normed), sharding.BATCH_SEQ_VOCAB), stats, cache
 
-    def extend(self, tokens, cache: KVCache):
+    def extend(self, tokens, cache: KVCache, window: int | None = None):
         """The cached forward: tokens [B,T] at positions cache.lengths[b] + t, their KV entries written into
         the cache. Returns (logits [B,T,V] fp32, hidden [B,T,D] before the final norm, cache with the SAME
-        lengths: the caller sets the new ones, all T after a step, fewer to roll back rejected drafts)."""
+        lengths: the caller sets the new ones, all T after a step, fewer to roll back rejected drafts).
+
+        window (static): every position is below it, so attention reads only the first `window` slots of each
+        layer (a prefill from an empty cache passes T; None = all cache.max_len slots)."""
         tokens = checked_tokens(tokens)
+        if window is not None and not tokens.shape[1] <= window <= cache.max_len:
+            raise ValueError(f"extend: window must be in [T={tokens.shape[1]}, max_len={cache.max_len}] "
+                             f"(every new position below it), got {window}")
         positions = cache.lengths[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
-        mask = cache_mask(positions, cache.max_len)
+        mask = cache_mask(positions, cache.max_len if window is None else window)
         main = {name: cache.groups[name] for name in pt.stack_sizes(self.rcfg)}
         x, _, groups = self.run_blocks(self.embed(tokens), positions, mask, cache=main)
         return self.final_logits(x), x, cache.replace(groups={**cache.groups, **groups})

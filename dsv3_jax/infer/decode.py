@@ -46,11 +46,12 @@ def check_variables(cfg, variables):
     return LayerSplit(out) if split else out
 
 
-def extend(cfg, variables, cache: KVCache, tokens):
+def extend(cfg, variables, cache: KVCache, tokens, window: int | None = None):
     """Run tokens [B,T] at positions cache.lengths[b] + t through the model, writing their cache entries.
+    window (static): a bound on every position, so attention reads only that many slots (DeepSeekV3.extend).
 
     Returns (cache with the SAME lengths, logits [B,T,V] fp32, hidden [B,T,D] before the final norm)."""
-    logits, hidden, cache = DeepSeekV3(cfg).apply(model_variables(cfg, variables), tokens, cache,
+    logits, hidden, cache = DeepSeekV3(cfg).apply(model_variables(cfg, variables), tokens, cache, window,
                                                   method=DeepSeekV3.extend)
     return cache, logits, hidden
 
@@ -79,7 +80,8 @@ def check_prompts(tokens, lengths, cache: KVCache):
             donate_argnames="cache")
 def _prefill(cfg, variables, tokens, lengths, cache, all_logits):
     cache = cache.replace(lengths=jnp.zeros_like(cache.lengths))
-    cache, logits, hidden = extend(cfg, variables, cache, tokens)
+    # From an empty cache every position is below T: attention reads T slots, not all max_len.
+    cache, logits, hidden = extend(cfg, variables, cache, tokens, window=tokens.shape[1])
     cache = cache.replace(lengths=lengths.astype(jnp.int32))
     if all_logits:
         return cache, logits

@@ -25,7 +25,7 @@ import numpy as np
 from dsv3_jax.infer import acceptance, emit, mtp_draft
 from dsv3_jax.infer.cache import MTP_GROUP, KVCache, init_cache
 from dsv3_jax.infer.cpu_dots import tokens_jit
-from dsv3_jax.infer.decode import check_prompts, extend
+from dsv3_jax.infer.decode import check_prompts, extend, final_logits
 from dsv3_jax.infer.generate import cache_length, pad_prompts
 from dsv3_jax.infer.sampling import SamplingParams, sample, token_probs
 
@@ -53,9 +53,10 @@ def spec_prefill(cfg, variables, tokens, lengths, cache: KVCache, mtp_kv, sp: Sa
     """Prefill the main model and the MTP caches on prompts [B,T]; emit t_n (n = lengths) and draft D tokens."""
     b, t = tokens.shape
     d, rows, last = cfg.mtp_depth, jnp.arange(b), lengths - 1
-    cache, logits, h = extend(cfg, variables, cache.replace(lengths=jnp.zeros_like(lengths)), tokens)
+    # From an empty cache every position is below T (window), and only the last positions' logits are read.
+    cache, _, h = extend(cfg, variables, cache.replace(lengths=jnp.zeros_like(lengths)), tokens, window=t)
     k_first, k_draft = jax.random.split(rng)
-    pending = sample(k_first, logits[rows, last], sp)
+    pending = sample(k_first, final_logits(cfg, variables, h[rows, last]), sp)
     with_pending = jnp.concatenate([tokens, jnp.zeros((b, d + 1), tokens.dtype)], axis=1).at[rows, lengths].set(
         pending)  # [B, T+D+1]: t_0 .. t_n, then room for the drafts
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))

@@ -30,7 +30,7 @@ def gqa_attention(x, p, positions, mask, n_heads: int, n_kv_heads: int, freqs, s
     q, k = apply_rope(q, positions, freqs), apply_rope(k, positions, freqs)
     if cache is not None:
         cache = cache.write({"k": k, "v": v}, positions)
-        kv = cache.read()
+        kv = cache.read(mask.shape[-1])  # the slots the mask covers
         k, v = kv["k"].astype(q.dtype), kv["v"].astype(q.dtype)
     rep = n_heads // n_kv_heads
     k, v = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)

@@ -58,9 +58,12 @@ class CacheSlot:
             out[name] = arr.at[self.layer, rows, pos].set(new[name].astype(arr.dtype), mode="drop")
         return self.replace(entries=out)
 
-    def read(self) -> dict:
-        """This layer's entries {name: [B, S, ...]}."""
-        return {name: arr[self.layer] for name, arr in self.entries.items()}
+    def read(self, n_slots: int | None = None) -> dict:
+        """This layer's entries {name: [B, S, ...]}, or of its first n_slots slots only (static): what a mask
+        [B, T, n_slots] covers (a prefill from an empty cache sees slots < T; model.DeepSeekV3.extend)."""
+        if n_slots is not None and not 1 <= n_slots <= self.n_slots:
+            raise ValueError(f"cache read: n_slots must be in [1, {self.n_slots}], got {n_slots}")
+        return {name: arr[self.layer, :, :n_slots] for name, arr in self.entries.items()}
 
 
 @flax.struct.dataclass

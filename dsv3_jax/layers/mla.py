@@ -136,8 +136,9 @@ def mla_output(o, wo, mm: MatMul):
 
 
 def mla(x, p: Params, positions, mask, cfg, cache: CacheSlot | None = None, norm=None):
-    """MLA of x [B,T,D] at positions [B,T]; mask [B,T,T] without a cache, [B,T,S] with one (the new tokens'
-    entries are written first, then attention reads the whole layer). Returns (y [B,T,D], cache).
+    """MLA of x [B,T,D] at positions [B,T]; mask [B,T,T] without a cache, [B,T,W] with one (the new tokens'
+    entries are written first, then attention reads the layer's first W slots, W <= S: all of them, or those
+    a prefill from an empty cache can see). Returns (y [B,T,D], cache).
 
     norm: the block's attention RMSNorm (norms.RMSNorm), applied to x here so that under
     ModelConfig.remat="paper" it shares a recompute region with the down-projections (layers/recompute.py).
@@ -163,13 +164,13 @@ def mla(x, p: Params, positions, mask, cfg, cache: CacheSlot | None = None, norm
         # then regroup the product: exactly the per-head numbers (identity views without FP8).
         wkv_b, act = operand_views_fn(cfg)(p["wkv_b"])
         cache = cache.write({"c_kv": act(c_kv), "k_pe": k_pe}, positions)
-        kv = cache.read()
+        kv = cache.read(mask.shape[-1])  # the slots the mask covers
         w_uk, w_uv = _absorbed(p, wkv_b, cfg)
         o = attend_absorbed(q_nope, q_pe, kv["c_kv"], kv["k_pe"], w_uk, w_uv, mask, scale)
     else:
         k, v = expand_kv(c_kv, k_pe, p["wkv_b"], h, n, mm)
         cache = cache.write({"k": k, "v": v}, positions)
-        kv = cache.read()
+        kv = cache.read(mask.shape[-1])
         o = attend_per_head(q_nope, q_pe, kv["k"], kv["v"], mask, scale)
     return mla_output(o, p["wo"], mm), cache
 

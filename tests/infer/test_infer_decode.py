@@ -10,7 +10,7 @@ import pytest
 
 from dsv3_jax.config import ModelConfig
 from dsv3_jax.infer.cache import cache_bytes, cache_bytes_per_token, init_cache
-from dsv3_jax.infer.decode import _prefill, decode_step, prefill
+from dsv3_jax.infer.decode import _prefill, decode_step, extend, prefill
 from tests.conftest import tiny_config
 from tests.infer.infer_helpers import init_variables, jitted_apply
 
@@ -50,6 +50,22 @@ def test_prefill_runs_the_head_on_last_positions_only():
                          all_logits=False).compile().as_text()
     assert f"f32[3,{cfg.vocab_size}]" in hlo
     assert not re.search(rf"f32\[(27|3,9),{cfg.vocab_size}\]", hlo)
+
+
+def test_extend_window_reads_fewer_slots():
+    """extend(window=W) from an empty cache (every position < W) gives the logits and cache of the full-width
+    read (to rounding: the sums run over fewer slots, and later layers' entries follow); a window that a
+    position would reach is refused, naming the bound."""
+    cfg = CONFIGS["v3"]
+    seqs = _sequences(cfg, 3)[:, :9]
+    variables = init_variables(cfg)
+    full = extend(cfg, variables, init_cache(cfg, 3, 16), seqs)
+    narrow = extend(cfg, variables, init_cache(cfg, 3, 16), seqs, window=9)
+    np.testing.assert_allclose(narrow[1], full[1], rtol=1e-5, atol=1e-5)  # the sums over fewer slots round apart
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), narrow[0].groups,
+                 full[0].groups)
+    with pytest.raises(ValueError, match=r"extend: window must be in \[T=9, max_len=16\]"):
+        extend(cfg, variables, init_cache(cfg, 3, 16), seqs, window=8)
 
 
 def test_cache_bytes():

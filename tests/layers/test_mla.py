@@ -70,7 +70,8 @@ def _cache_slot(cfg, latent: bool, slots: int, layers: int = 2, layer: int = 1):
 @pytest.mark.parametrize("q_lora_rank", [16, 0])
 def test_cached_attention_equals_full_sequence(attention_kind, latent, q_lora_rank):
     """The same module with a cache: a prefix, then one token at a time, each written into its layer's slot of
-    the stacked cache, gives the full-sequence outputs; other layers' slots stay untouched."""
+    the stacked cache, gives the full-sequence outputs; other layers' slots stay untouched. A mask over the
+    first W slots only (the prefix from an empty cache: W = its length) reads those slots and gives the same."""
     cfg = tiny_config(q_lora_rank=q_lora_rank, attention=attention_kind,
                       n_kv_heads=1 if attention_kind == "gqa" else 0)
     module = MLA(cfg) if attention_kind == "mla" else GQA(cfg)
@@ -81,10 +82,19 @@ def test_cached_attention_equals_full_sequence(attention_kind, latent, q_lora_ra
     pieces = [(0, 4)] + [(t, t + 1) for t in range(4, T)]
     for lo, hi in pieces:
         pos = idx[:, lo:hi]
+        if lo == 0:
+            narrow, narrow_slot = module.apply({"params": params}, jnp.asarray(x[:, lo:hi]), pos,
+                                               cache_mask(pos, hi), slot)
         out, slot = module.apply({"params": params}, jnp.asarray(x[:, lo:hi]), pos, cache_mask(pos, T + 2), slot)
         np.testing.assert_allclose(out, full[:, lo:hi], rtol=2e-5, atol=2e-5)
+        if lo == 0:
+            np.testing.assert_allclose(narrow, out, rtol=1e-6, atol=1e-7)
+            jax.tree.map(np.testing.assert_array_equal, narrow_slot.entries, slot.entries)
     for arr in slot.entries.values():
         assert not np.any(np.asarray(arr[0])) and not np.any(np.asarray(arr[1, :, T:]))  # layer 0, unused slots
+    assert {n: a.shape[1] for n, a in slot.read(3).items()} == {n: 3 for n in slot.entries}
+    with pytest.raises(ValueError, match=rf"cache read: n_slots must be in \[1, {T + 2}\], got {T + 3}"):
+        slot.read(T + 3)
 
 
 @pytest.mark.parametrize("attention, n_kv_heads", [("mha", 0), ("gqa", 1)])
