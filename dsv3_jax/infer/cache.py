@@ -14,6 +14,8 @@ Legend: L layers of a group, B batch, S slots (max_len).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,9 +50,19 @@ def init_cache(cfg, batch: int, max_len: int, *, absorb: bool | None = None, dty
     dtype = jnp.dtype(dtype or cfg.dtype)
     shapes = attention.cache_entries(cfg, latent)
     layers = pt.stack_sizes(cfg) if layers is None else layers
-    groups = {g: {name: jnp.zeros((n, batch, max_len) + s, dtype) for name, s in shapes.items()}
-              for g, n in layers.items()}
-    return KVCache(groups=groups, lengths=jnp.zeros((batch,), jnp.int32), absorb=latent)
+    keys = [(g, name) for g in layers for name in shapes]
+    arrays, lengths = _zeros(tuple((layers[g], batch, max_len) + shapes[name] for g, name in keys), dtype, batch)
+    groups = {g: {} for g in layers}
+    for (g, name), arr in zip(keys, arrays):
+        groups[g][name] = arr
+    return KVCache(groups=groups, lengths=lengths, absorb=latent)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _zeros(shapes: tuple, dtype, batch: int):
+    """(zero entry arrays of these shapes, int32 zero lengths [batch]) made by one program: one dispatch for the
+    whole cache instead of one per array (each about 0.1 ms on the CPU, against a 10 ms short prefill)."""
+    return tuple(jnp.zeros(s, dtype) for s in shapes), jnp.zeros((batch,), jnp.int32)
 
 
 def cache_bytes_per_token(cfg, *, absorb: bool | None = None, bytes_per_value: int = 2) -> int:

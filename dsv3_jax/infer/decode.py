@@ -96,10 +96,12 @@ def prefill(cfg, variables, tokens, lengths, cache: KVCache, *, all_logits: bool
 
     Returns (cache with lengths = `lengths`, logits): [B,V] at each prompt's last token, or [B,T,V] at every
     position with all_logits=True (positions past a prompt's length are padding). The cache is donated."""
-    tokens, lengths = jnp.asarray(tokens), jnp.asarray(lengths)
+    # Host inputs are checked on the host and go to the device with the call (no round trip to read them back).
+    tokens, lengths = (a if isinstance(a, jax.Array) else np.asarray(a) for a in (tokens, lengths))
     check_prompts(tokens, lengths, cache)
     check_variables(cfg, variables)  # fail before tracing
-    return _prefill(cfg, variables, tokens.astype(jnp.int32), lengths, cache, all_logits=all_logits)
+    tokens = tokens if tokens.dtype == np.int32 else tokens.astype(np.int32)
+    return _prefill(cfg, variables, tokens, lengths, cache, all_logits=all_logits)
 
 
 @tokens_jit(lambda cfg, variables, cache, tokens: tokens, static_argnums=0, donate_argnames="cache")

@@ -79,6 +79,12 @@ def test_cache_bytes():
     assert cache_bytes_per_token(cfg) == 3 * (12 + 4) * 2
     assert cache_bytes_per_token(cfg, absorb=False) == 3 * 2 * (12 + 8) * 2
     assert init_cache(cfg, 1, 4, dtype="bfloat16").groups["moe_layers"]["c_kv"].shape == (2, 1, 4, 12)
+    # One program makes the whole cache: zeros, int32 lengths, and every array its own buffer (they are donated),
+    # also where two groups have the same shapes.
+    cache = init_cache(cfg, 2, 16, layers={"a": 2, "b": 2})
+    leaves = jax.tree.leaves(cache)
+    assert len({a.unsafe_buffer_pointer() for a in leaves}) == len(leaves) == 5
+    assert cache.lengths.dtype == jnp.int32 and not any(np.any(np.asarray(a)) for a in leaves)
 
 
 def test_bad_inputs_name_the_tensor():
