@@ -72,11 +72,13 @@ def _take_sampled(s_rng, logits, out: Emitted, sp: SamplingParams, stop):
     return rng, tok, emit.take(out, tok[:, None], jnp.ones_like(tok), stop)
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def first_token(logits, state: LoopState, sp: SamplingParams, stop) -> LoopState:
-    """The first generated token, sampled from the prefill's logits [B, V] (no model call)."""
-    rng, tok, out = _take_sampled(state.rng, logits, state.out, sp, stop)
-    return state.replace(token=tok, out=out, rng=rng)
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def first_token(logits, max_new: int, pad_id: int, sp: SamplingParams, stop, seed):
+    """(token [B], out, rng) after the first generated token, sampled from the prefill's logits [B, V] (no model
+    call) with the key of `seed`; the empty record and the key are made in the same program (one dispatch)."""
+    out = Emitted.empty(logits.shape[0], max_new, pad_id)
+    rng, tok, out = _take_sampled(jax.random.key(seed), logits, out, sp, stop)
+    return tok, out, rng
 
 
 @tokens_jit(lambda cfg, variables, state, *a: state.token, static_argnums=(0, 3, 4), donate_argnames="state")
@@ -105,16 +107,16 @@ def generate(cfg, variables, prompts: Sequence[Sequence[int]], *, max_new_tokens
     tokens, lengths = pad_prompts(prompts, pad_id)
     cache = init_cache(cfg, len(prompts), cache_length(cfg, tokens.shape[1], max_new_tokens), absorb=absorb)
     cache, logits = prefill(cfg, variables, tokens, lengths, cache)
-    state = LoopState(cache=cache, token=jnp.zeros((len(prompts),), jnp.int32),
-                      out=Emitted.empty(len(prompts), max_new_tokens, pad_id), rng=jax.random.key(seed))
-    stop = jnp.asarray(emit.stop_array(stop_tokens))
+    stop = emit.stop_array(stop_tokens)
     steps = stream_every if on_tokens is not None else max_new_tokens - 1
-    state = first_token(logits, state, sampling, stop)
+    # jax.random.key(seed) keeps seed's low 32 bits (without x64); passed as uint32 the key is the same.
+    token, out, rng = first_token(logits, max_new_tokens, pad_id, sampling, stop, np.uint32(int(seed) % 2**32))
+    state = LoopState(cache=cache, token=token, out=out, rng=rng)
     before = np.zeros(len(prompts), np.int32)  # the first token goes out with the first chunk
     while True:
         state = run_steps(cfg, variables, state, steps, sampling, stop)
         if on_tokens is not None:
             on_tokens(emit.new_since(state.out, before))
             before = np.asarray(state.out.count)
-        if bool(jnp.all(state.out.done)):
+        if np.asarray(state.out.done).all():
             return GenerateResult.of(state.out)

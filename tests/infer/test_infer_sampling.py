@@ -140,6 +140,14 @@ def test_sampling_generate_is_seeded_and_bad_inputs():
     a = generate(CFG, variables, ps, max_new_tokens=4, sampling=sp, seed=3)
     b = generate(CFG, variables, ps, max_new_tokens=4, sampling=sp, seed=3)
     np.testing.assert_array_equal(a.tokens, b.tokens)
+    # The first token is drawn with the second half of split(jax.random.key(seed)), for any int seed (the key
+    # keeps its low 32 bits: -1 and 2**32 - 1 are the same seed).
+    tokens, lengths = pad_prompts(ps)
+    _, logits = prefill(CFG, variables, tokens, lengths, init_cache(CFG, len(ps), tokens.shape[1] + 4))
+    for seed in (3, -1, 2**32 - 1, 2**40 + 5):
+        want = sample(jax.random.split(jax.random.key(seed))[1], logits, sp)
+        got = generate(CFG, variables, ps, max_new_tokens=1, sampling=sp, seed=seed).tokens[:, 0]
+        np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         pad_prompts([[1], []])
     with pytest.raises(ValueError, match="exceeds ModelConfig.max_seq_len=64"):
