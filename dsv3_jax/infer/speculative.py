@@ -15,6 +15,7 @@ Legend: B batch, T prompt width, D MTP depth (draft length), W = 2D window, V vo
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Sequence
 
 import flax
@@ -153,6 +154,15 @@ def run_rounds(cfg, variables, loop: SpecLoop, rounds: int, sp: SamplingParams, 
     return emit.until_done(body, loop, rounds)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _first_record(pending, max_new: int, pad_id: int, d: int, stop):
+    """(the record holding the prefill's token pending [B], zero rounds, emitted and accepted [D] counters), made
+    by one program instead of a dozen eager ops; its outputs are distinct buffers (the loop state is donated)."""
+    b = pending.shape[0]
+    out = emit.take(emit.Emitted.empty(b, max_new, pad_id), pending[:, None], jnp.ones((b,), jnp.int32), stop)
+    return out, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.zeros((d,), jnp.int32)
+
+
 def speculative_generate(cfg, variables, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                          sampling: SamplingParams = SamplingParams(), stop_tokens: Sequence[int] = (),
                          seed: int = 0, absorb: bool | None = None, pad_id: int = 0,
@@ -170,19 +180,17 @@ def speculative_generate(cfg, variables, prompts: Sequence[Sequence[int]], *, ma
     max_len = cache_length(cfg, tokens.shape[1], max_new_tokens + d + 1)
     cache = init_cache(cfg, b, max_len, absorb=absorb)
     mtp_kv = init_cache(cfg, b, max_len, absorb=absorb, layers={MTP_GROUP: d}).groups[MTP_GROUP]
-    check_prompts(jnp.asarray(tokens), jnp.asarray(lengths), cache)
+    check_prompts(tokens, lengths, cache)  # host arrays: checked without a device round trip
     rng = jax.random.key(seed)
     rng, key = jax.random.split(rng)
-    state = spec_prefill(cfg, variables, jnp.asarray(tokens), jnp.asarray(lengths), cache, mtp_kv, sampling, key)
-    stop = jnp.asarray(emit.stop_array(stop_tokens))
-    out = emit.take(emit.Emitted.empty(b, max_new_tokens, pad_id), state.pending[:, None], jnp.ones((b,), jnp.int32),
-                    stop)
-    loop = SpecLoop(spec=state, out=out, rng=rng, rounds=jnp.zeros((), jnp.int32), emitted=jnp.zeros((), jnp.int32),
-                    accepted=jnp.zeros((d,), jnp.int32))  # distinct buffers: the loop state is donated
+    state = spec_prefill(cfg, variables, tokens, lengths, cache, mtp_kv, sampling, key)
+    stop = emit.stop_array(stop_tokens)
+    out, rounds0, emitted0, accepted0 = _first_record(state.pending, max_new_tokens, pad_id, d, stop)
+    loop = SpecLoop(spec=state, out=out, rng=rng, rounds=rounds0, emitted=emitted0, accepted=accepted0)
     if on_tokens is not None:
         on_tokens(emit.new_since(out, np.zeros(b, np.int32)))
     rounds = stream_every if on_tokens is not None else max_new_tokens
-    while not bool(jnp.all(loop.out.done)):
+    while not np.asarray(loop.out.done).all():
         before = np.asarray(loop.out.count)
         loop = run_rounds(cfg, variables, loop, rounds, sampling, stop)
         if on_tokens is not None:
