@@ -116,7 +116,7 @@ def decode_step(cfg, variables, cache: KVCache, tokens):
     tokens = jnp.asarray(tokens)
     if tokens.shape != (cache.batch,):
         raise ValueError(f"tokens: expected int [B={cache.batch}] (one per sequence), got {tuple(tokens.shape)}")
-    longest = int(jnp.max(cache.lengths))  # one small device->host read per step
+    longest = int(np.asarray(cache.lengths).max())  # one small device->host read per step (no reduce dispatched)
     if longest >= cache.max_len:
         raise ValueError(f"cache: full (a sequence has {longest} tokens, max_len={cache.max_len}); make the cache "
                          "with a larger max_len")
