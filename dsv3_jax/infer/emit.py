@@ -52,6 +52,11 @@ def take(e: Emitted, new, n_new, stop) -> Emitted:
     return Emitted(tokens=tokens, count=count, stopped=stopped, done=done)
 
 
+def take_one(e: Emitted, tok, stop) -> Emitted:
+    """take() of one token per row, tok [B] (plain decoding's step; the prefill's token of either loop)."""
+    return take(e, tok[:, None], jnp.ones_like(tok), stop)
+
+
 def until_done(body, state, steps: int):
     """lax.while_loop of state = body(state), at most `steps` times and only while some sequence of
     state.out (an Emitted) is not done: the shared skeleton of the on-device generation loops."""

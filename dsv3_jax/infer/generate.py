@@ -69,7 +69,7 @@ def _take_sampled(s_rng, logits, out: Emitted, sp: SamplingParams, stop):
     """(rng, token [B], out): sample the next token of every row from logits [B, V] and offer it to `out`."""
     rng, key = jax.random.split(s_rng)
     tok = sample(key, logits, sp)
-    return rng, tok, emit.take(out, tok[:, None], jnp.ones_like(tok), stop)
+    return rng, tok, emit.take_one(out, tok, stop)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))

@@ -159,7 +159,7 @@ def _first_record(pending, max_new: int, pad_id: int, d: int, stop):
     """(the record holding the prefill's token pending [B], zero rounds, emitted and accepted [D] counters), made
     by one program instead of a dozen eager ops; its outputs are distinct buffers (the loop state is donated)."""
     b = pending.shape[0]
-    out = emit.take(emit.Emitted.empty(b, max_new, pad_id), pending[:, None], jnp.ones((b,), jnp.int32), stop)
+    out = emit.take_one(emit.Emitted.empty(b, max_new, pad_id), pending, stop)
     return out, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.zeros((d,), jnp.int32)
 
 
