@@ -38,6 +38,7 @@ def trace_step(size: str, steps: int, out_dir: str):
     from dsv3_jax.config import ModelConfig
     from dsv3_jax.layer_split import join_params, split_params
     from dsv3_jax.model import DeepSeekV3
+    from dsv3_jax.train.compile_options import train_compiler_options
     s = SIZES[size]
     cfg = ModelConfig(vocab_size=s["vocab"], dim=s["dim"], inter_dim=s["inter"], moe_inter_dim=s["moe_inter"],
                       n_layers=s["layers"], n_dense_layers=s["dense"], n_heads=s["heads"],
@@ -51,7 +52,7 @@ def trace_step(size: str, steps: int, out_dir: str):
     variables = jax.jit(model.init)(jax.random.key(0), x)
     params = split_params(cfg, variables["params"])  # the layout the trainer steps in (train/state.py)
     loss = lambda p: losses.cross_entropy(model.apply({**variables, "params": join_params(cfg, p)}, x).logits, y)
-    step = jax.jit(jax.value_and_grad(loss))
+    step = jax.jit(jax.value_and_grad(loss), compiler_options=train_compiler_options())  # the trainer's
     for _ in range(2):
         jax.block_until_ready(step(params))
     with jax.profiler.trace(out_dir):

@@ -80,6 +80,7 @@ def training(cfg, variables, hf, batch: int, seq: int, repeats: int):
     from dsv3_jax import losses
     from dsv3_jax.layer_split import join_params, split_params
     from dsv3_jax.model import DeepSeekV3
+    from dsv3_jax.train.compile_options import train_compiler_options
 
     tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (batch, seq + 1)).astype(np.int32)
     x, y = jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:])
@@ -90,7 +91,7 @@ def training(cfg, variables, hf, batch: int, seq: int, repeats: int):
         out = model.apply({**variables, "params": join_params(cfg, params)}, x)
         return losses.cross_entropy(out.logits, y)
 
-    grad = jax.jit(jax.value_and_grad(loss))
+    grad = jax.jit(jax.value_and_grad(loss), compiler_options=train_compiler_options())  # the trainer's
     tx, ty = torch.from_numpy(tokens[:, :-1]).long(), torch.from_numpy(tokens[:, 1:]).long()
 
     def theirs():

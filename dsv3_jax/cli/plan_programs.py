@@ -78,7 +78,7 @@ def _per_device(tokens: int, mesh) -> float:
 def train_program(cfg, train_cfg, mesh, seq_len: int, batch: int) -> Program:
     """The plain (unpipelined) train step of the training loop on `mesh`."""
     t, opt, ssh, bsh, state, data = _train_setup(cfg, train_cfg, mesh, seq_len, batch)
-    fn = step_lib.make_train_step(cfg, opt, t, ssh, bsh)
+    fn = step_lib.make_train_step(cfg, opt, t, ssh, bsh, compiler_options={})  # XLA's defaults: a GPU plan
     sizes = dict(mesh.shape)
     est = analytic.plan_training_memory(cfg, sizes, seq_len, batch // _shards(mesh), t.get("bf16_moments", False))
     return Program("train", fn, (state, data), est, _per_device(batch * seq_len, mesh),

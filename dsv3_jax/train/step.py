@@ -22,6 +22,7 @@ from dsv3_jax.data.tokenizer import PAD_ID
 from dsv3_jax.layers.moe import node_routing
 from dsv3_jax.layers.moe.ep import make_expert_parallel
 from dsv3_jax.train import finite, schedules
+from dsv3_jax.train.compile_options import train_compiler_options
 from dsv3_jax.train.state import TrainState, model_variables
 
 
@@ -98,16 +99,19 @@ def expert_parallel(cfg, batch_sharding=None):
     return make_expert_parallel(cfg, None if batch_sharding is None else batch_sharding.mesh)
 
 
-def make_train_step(cfg, optimizer, train_cfg, state_sharding=None, batch_sharding=None, pad_id=PAD_ID):
+def make_train_step(cfg, optimizer, train_cfg, state_sharding=None, batch_sharding=None, pad_id=PAD_ID,
+                    compiler_options: dict | None = None):
     """jit(train_step) with the state donated; with shardings (train/layout.py) the state keeps its
-    layout and the metrics come back replicated."""
+    layout and the metrics come back replicated. compiler_options: XLA's, by default the backend's training
+    options (train/compile_options.py); {} compiles with XLA's defaults (dsv3-plan, which models GPUs)."""
     fn = functools.partial(train_step, cfg=cfg, optimizer=optimizer, train_cfg=train_cfg,
                            parallel=expert_parallel(cfg, batch_sharding), pad_id=pad_id)
+    options = train_compiler_options() if compiler_options is None else (compiler_options or None)
     if state_sharding is None:
-        return jax.jit(fn, donate_argnums=(0,))
+        return jax.jit(fn, donate_argnums=(0,), compiler_options=options)
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
     return jax.jit(fn, donate_argnums=(0,), in_shardings=(state_sharding, batch_sharding),
-                   out_shardings=(state_sharding, replicated))
+                   out_shardings=(state_sharding, replicated), compiler_options=options)
 
 
 def eval_step(state: TrainState, batch, *, cfg, parallel=None, pad_id=PAD_ID, token_bytes=None):
