@@ -1,4 +1,5 @@
 """Where a training step spends its time, op by op: `python -m benchmarks.profile_step [--size default]`.
+With `--decode B`: where a greedy decoding step at batch B spends it (the on-device loop of infer/generate.py).
 
 Traces a few forward+backward steps of the side-by-side model (benchmarks/side_by_side.py sizes, float32) with
 `jax.profiler`, converts the trace with xprof (`pip install xprof`), maps every XLA op back to the model code
@@ -10,6 +11,10 @@ through the op_name metadata of the optimized HLO, and prints the milliseconds p
 the step's CPU time (the breakdown used to pick the CPU optimizations of layers/moe/dispatch.py,
 layers/attention_core.py and quant/recipe.py). Only leaf ops count: a control-flow op's trace event (a `cond`
 of the capacity batch, a `while`) spans the ops of its body, which have events of their own.
+--decode B traces the generation loop instead (`infer/generate.run_steps` over split_layers variables, as
+benchmarks/side_by_side.py decodes: 32-token prompts, --new tokens) and prints milliseconds per decoding step;
+its prefill and first token run before the trace. XLA runs independent ops on both cores at once, so the per-op
+times of a step can add up to more than its wall time (printed beside them).
 """
 
 from __future__ import annotations
@@ -33,19 +38,11 @@ def trace_step(size: str, steps: int, out_dir: str):
     import jax.numpy as jnp
     import numpy as np
 
-    from benchmarks.side_by_side import SIZES
     from dsv3_jax import losses
-    from dsv3_jax.config import ModelConfig
     from dsv3_jax.layer_split import join_params, split_params
     from dsv3_jax.model import DeepSeekV3
     from dsv3_jax.train.compile_options import train_compiler_options
-    s = SIZES[size]
-    cfg = ModelConfig(vocab_size=s["vocab"], dim=s["dim"], inter_dim=s["inter"], moe_inter_dim=s["moe_inter"],
-                      n_layers=s["layers"], n_dense_layers=s["dense"], n_heads=s["heads"],
-                      n_routed_experts=s["experts"], n_activated_experts=s["topk"], n_expert_groups=s["groups"],
-                      n_limited_groups=s["topk_groups"], q_lora_rank=s["q_lora"], kv_lora_rank=s["kv_lora"],
-                      qk_nope_head_dim=s["nope"], qk_rope_head_dim=s["rope"], v_head_dim=s["v"], max_seq_len=512,
-                      original_seq_len=512, mtp_depth=0, dtype="float32")
+    cfg = side_by_side_config(size)
     model = DeepSeekV3(cfg)
     tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (8, 257)).astype(np.int32)
     x, y = jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:])
@@ -61,6 +58,62 @@ def trace_step(size: str, steps: int, out_dir: str):
     return out_dir, step.lower(params).compile().as_text()
 
 
+def side_by_side_config(size: str):
+    """The ModelConfig of benchmarks/side_by_side.py's model at `size` (float32, no MTP)."""
+    from benchmarks.side_by_side import SIZES
+    from dsv3_jax.config import ModelConfig
+    s = SIZES[size]
+    return ModelConfig(vocab_size=s["vocab"], dim=s["dim"], inter_dim=s["inter"], moe_inter_dim=s["moe_inter"],
+                       n_layers=s["layers"], n_dense_layers=s["dense"], n_heads=s["heads"],
+                       n_routed_experts=s["experts"], n_activated_experts=s["topk"], n_expert_groups=s["groups"],
+                       n_limited_groups=s["topk_groups"], q_lora_rank=s["q_lora"], kv_lora_rank=s["kv_lora"],
+                       qk_nope_head_dim=s["nope"], qk_rope_head_dim=s["rope"], v_head_dim=s["v"],
+                       max_seq_len=512, original_seq_len=512, mtp_depth=0, dtype="float32")
+
+
+def trace_decode(size: str, batch: int, new: int, runs: int, out_dir: str):
+    """(trace directory, optimized HLO text of the loop program, loop steps traced, wall ms per step) of `runs`
+    greedy generation loops of new - 1 steps each, after prefill and the first token (as generate runs them)."""
+    import time
+
+    import jax
+    import numpy as np
+
+    from dsv3_jax.infer import emit
+    from dsv3_jax.infer.cache import init_cache
+    from dsv3_jax.infer.decode import prefill
+    from dsv3_jax.infer.generate import LoopState, first_token, run_steps
+    from dsv3_jax.infer.sampling import SamplingParams
+    from dsv3_jax.layer_split import split_layers
+    from dsv3_jax.model import DeepSeekV3
+    if new < 2:
+        raise ValueError(f"--new: the loop runs new - 1 steps after the first token; expected >= 2, got {new}")
+    cfg = side_by_side_config(size)
+    prompts = np.random.default_rng(2).integers(0, cfg.vocab_size, (batch, 32)).astype(np.int32)
+    variables = split_layers(cfg, jax.jit(DeepSeekV3(cfg).init)(jax.random.key(0), prompts))
+    lengths, sp, stop = np.full((batch,), 32, np.int32), SamplingParams(), emit.stop_array(())
+
+    def start():  # a fresh loop state (run_steps donates it)
+        cache, logits = prefill(cfg, variables, prompts, lengths, init_cache(cfg, batch, 32 + new))
+        token, out, rng = first_token(logits, new, 0, sp, stop, np.uint32(0))
+        return LoopState(cache=cache, token=token, out=out, rng=rng)
+
+    hlo = run_steps.lower(cfg, variables, start(), new - 1, sp, stop).compile().as_text()
+    for _ in range(2):
+        jax.block_until_ready(run_steps(cfg, variables, start(), new - 1, sp, stop))
+    walls = []
+    for state in [start() for _ in range(runs)]:  # wall time outside the trace (the profiler adds its own)
+        t0 = time.perf_counter()
+        jax.block_until_ready(run_steps(cfg, variables, state, new - 1, sp, stop))
+        walls.append(time.perf_counter() - t0)
+    states = [start() for _ in range(runs)]
+    jax.block_until_ready(states)
+    with jax.profiler.trace(out_dir):
+        for state in states:
+            jax.block_until_ready(run_steps(cfg, variables, state, new - 1, sp, stop))
+    return out_dir, hlo, runs * (new - 1), 1e3 * float(np.median(walls)) / (new - 1)
+
+
 def op_times(trace_dir: str, steps: int) -> collections.Counter:
     """{XLA op name: ms per step} from the trace (xprof's trace viewer conversion)."""
     from xprof.convert import raw_to_tool_data
@@ -73,16 +126,23 @@ def op_times(trace_dir: str, steps: int) -> collections.Counter:
 CONTAINER_OP = re.compile(r"(cond|conditional|while|call)(\.\d+)*(\.clone(\.\d+)?)?")
 
 
+# Host-side runtime events, not ops: thread-pool regions and waits, the thunk executor, the Python dispatch of a
+# jitted call, its argument parsing and PJRT's execution of it (which spans the whole program), and the markers
+# of async ops' ends.
+RUNTIME_EVENTS = ("ThreadpoolListener", "ThunkExecutor", "SlinkyThreadPool", "PjitFunction", "CommonPjRt",
+                  "ParseArguments", "end: ", "$")
+
+
 def leaf_times(events, steps: int) -> collections.Counter:
-    """{XLA op name: ms per step} of the complete ("X") trace events of leaf ops: runtime bookkeeping
-    (thread-pool regions, the thunk executor) and control-flow ops, whose events include their bodies', left
+    """{XLA op name: ms per step} of the complete ("X") trace events of leaf ops: runtime events
+    (RUNTIME_EVENTS) and control-flow ops, whose events include their bodies', left
     out, so that the times add up without counting a branch's ops twice."""
     dur = collections.Counter()
     for e in events:
         name = e.get("name", "")
         if e.get("ph") != "X" or "dur" not in e or CONTAINER_OP.fullmatch(name):
             continue
-        if not name.startswith(("ThreadpoolListener", "ThunkExecutor", "$")):
+        if not name.startswith(RUNTIME_EVENTS):
             dur[name] += e["dur"] / 1000 / steps
     return dur
 
@@ -107,6 +167,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--single_thread", "--single-thread", action="store_true")
+    p.add_argument("--decode", type=int, default=0, metavar="B",
+                   help="profile a greedy decoding step at batch B instead of a training step")
+    p.add_argument("--new", type=int, default=64, help="--decode: new tokens per generation (the loop runs new-1)")
     a = p.parse_args(argv)
     if a.single_thread:
         # XLA:CPU's flags do not make it single-threaded (its YNNPACK fusions and the thunk executor still use
@@ -116,20 +179,27 @@ def main(argv=None):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     tmp = tempfile.mkdtemp()
     try:
-        trace_dir, hlo = trace_step(a.size, a.steps, tmp)
-        times = op_times(trace_dir, a.steps)
+        if a.decode:
+            trace_dir, hlo, steps, wall = trace_decode(a.size, a.decode, a.new, a.steps, tmp)
+        else:
+            (trace_dir, hlo), steps, wall = trace_step(a.size, a.steps, tmp), a.steps, None
+        times = op_times(trace_dir, steps)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"ops total: {sum(times.values()):.1f} ms per step\n\n| ms/step | op | shape | model path |\n|---|---|---|---|")
+    what = f"decoding step at batch {a.decode}" if a.decode else "training step"
+    timed = f" ({wall:.2f} ms wall per step, untraced)" if wall is not None else ""
+    digits = 3 if a.decode else 1
+    print(f"{what}: ops total {sum(times.values()):.{digits}f} ms per step{timed}\n\n"
+          "| ms/step | op | shape | model path |\n|---|---|---|---|")
     for name, t in times.most_common(a.top):
         shape, path = op_info(hlo, name)
-        print(f"| {t:.1f} | {name} | {shape} | {path[-80:]} |")
+        print(f"| {t:.{digits}f} | {name} | {shape} | {path[-80:]} |")
     cats = collections.Counter()
     for name, t in times.items():
         cats[category(op_info(hlo, name)[1])] += t
     print("\n| ms/step | category |\n|---|---|")
     for c, t in cats.most_common():
-        print(f"| {t:.1f} | {c} |")
+        print(f"| {t:.{digits}f} | {c} |")
 
 
 if __name__ == "__main__":
