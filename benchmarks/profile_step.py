@@ -80,9 +80,7 @@ def trace_decode(size: str, batch: int, new: int, runs: int, out_dir: str):
     import numpy as np
 
     from dsv3_jax.infer import emit
-    from dsv3_jax.infer.cache import init_cache
-    from dsv3_jax.infer.decode import prefill
-    from dsv3_jax.infer.generate import LoopState, first_token, run_steps
+    from dsv3_jax.infer.generate import run_steps, start_loop
     from dsv3_jax.infer.sampling import SamplingParams
     from dsv3_jax.layer_split import split_layers
     from dsv3_jax.model import DeepSeekV3
@@ -91,26 +89,25 @@ def trace_decode(size: str, batch: int, new: int, runs: int, out_dir: str):
     cfg = side_by_side_config(size)
     prompts = np.random.default_rng(2).integers(0, cfg.vocab_size, (batch, 32)).astype(np.int32)
     variables = split_layers(cfg, jax.jit(DeepSeekV3(cfg).init)(jax.random.key(0), prompts))
-    lengths, sp, stop = np.full((batch,), 32, np.int32), SamplingParams(), emit.stop_array(())
+    sp, stop = SamplingParams(), emit.stop_array(())
 
-    def start():  # a fresh loop state (run_steps donates it)
-        cache, logits = prefill(cfg, variables, prompts, lengths, init_cache(cfg, batch, 32 + new))
-        token, out, rng = first_token(logits, new, 0, sp, stop, np.uint32(0))
-        return LoopState(cache=cache, token=token, out=out, rng=rng)
+    def start():  # a fresh loop state: run_steps donates it
+        return start_loop(cfg, variables, prompts.tolist(), new, sp, stop)
+
+    def loops(states):  # seconds per loop
+        walls = []
+        for state in states:
+            t0 = time.perf_counter()
+            jax.block_until_ready(run_steps(cfg, variables, state, new - 1, sp, stop))
+            walls.append(time.perf_counter() - t0)
+        return walls
 
     hlo = run_steps.lower(cfg, variables, start(), new - 1, sp, stop).compile().as_text()
-    for _ in range(2):
-        jax.block_until_ready(run_steps(cfg, variables, start(), new - 1, sp, stop))
-    walls = []
-    for state in [start() for _ in range(runs)]:  # wall time outside the trace (the profiler adds its own)
-        t0 = time.perf_counter()
-        jax.block_until_ready(run_steps(cfg, variables, state, new - 1, sp, stop))
-        walls.append(time.perf_counter() - t0)
-    states = [start() for _ in range(runs)]
-    jax.block_until_ready(states)
+    loops([start() for _ in range(2)])  # warm-up
+    walls = loops(jax.block_until_ready([start() for _ in range(runs)]))  # untraced: no profiler overhead
+    states = jax.block_until_ready([start() for _ in range(runs)])
     with jax.profiler.trace(out_dir):
-        for state in states:
-            jax.block_until_ready(run_steps(cfg, variables, state, new - 1, sp, stop))
+        loops(states)
     return out_dir, hlo, runs * (new - 1), 1e3 * float(np.median(walls)) / (new - 1)
 
 
@@ -164,7 +161,7 @@ def category(path: str) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="default", choices=("default", "tiny"))
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=3, help="steps traced (with --decode: generation loops)")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--single_thread", "--single-thread", action="store_true")
     p.add_argument("--decode", type=int, default=0, metavar="B",

@@ -95,6 +95,18 @@ def run_steps(cfg, variables, state: LoopState, steps: int, sp: SamplingParams, 
     return emit.until_done(body, state, steps)
 
 
+def start_loop(cfg, variables, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: SamplingParams,
+               stop, seed: int = 0, absorb: bool | None = None, pad_id: int = 0) -> LoopState:
+    """The loop's first state: the prompts prefilled into a new cache and the first token sampled (stop: the
+    int32 ids of emit.stop_array). run_steps donates it."""
+    tokens, lengths = pad_prompts(prompts, pad_id)
+    cache = init_cache(cfg, len(prompts), cache_length(cfg, tokens.shape[1], max_new_tokens), absorb=absorb)
+    cache, logits = prefill(cfg, variables, tokens, lengths, cache)
+    # jax.random.key(seed) keeps seed's low 32 bits (without x64); passed as uint32 the key is the same.
+    token, out, rng = first_token(logits, max_new_tokens, pad_id, sampling, stop, np.uint32(int(seed) % 2**32))
+    return LoopState(cache=cache, token=token, out=out, rng=rng)
+
+
 def generate(cfg, variables, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              sampling: SamplingParams = SamplingParams(), stop_tokens: Sequence[int] = (), seed: int = 0,
              absorb: bool | None = None, pad_id: int = 0,
@@ -104,14 +116,9 @@ def generate(cfg, variables, prompts: Sequence[Sequence[int]], *, max_new_tokens
         raise ValueError(f"max_new_tokens: must be >= 1, got {max_new_tokens}")
     if stream_every < 1:
         raise ValueError(f"stream_every: must be >= 1, got {stream_every}")
-    tokens, lengths = pad_prompts(prompts, pad_id)
-    cache = init_cache(cfg, len(prompts), cache_length(cfg, tokens.shape[1], max_new_tokens), absorb=absorb)
-    cache, logits = prefill(cfg, variables, tokens, lengths, cache)
     stop = emit.stop_array(stop_tokens)
+    state = start_loop(cfg, variables, prompts, max_new_tokens, sampling, stop, seed, absorb, pad_id)
     steps = stream_every if on_tokens is not None else max_new_tokens - 1
-    # jax.random.key(seed) keeps seed's low 32 bits (without x64); passed as uint32 the key is the same.
-    token, out, rng = first_token(logits, max_new_tokens, pad_id, sampling, stop, np.uint32(int(seed) % 2**32))
-    state = LoopState(cache=cache, token=token, out=out, rng=rng)
     before = np.zeros(len(prompts), np.int32)  # the first token goes out with the first chunk
     while True:
         state = run_steps(cfg, variables, state, steps, sampling, stop)

@@ -1,5 +1,10 @@
 """benchmarks/profile_step.py: the per-op times count leaf ops only (a cond's event spans its branch's ops)."""
 
+import glob
+
+import pytest
+
+from benchmarks import profile_step
 from benchmarks.profile_step import leaf_times
 
 
@@ -36,11 +41,8 @@ def test_leaf_times_keep_fusions_whose_names_start_like_control_flow():
     assert dict(times) == {"conditional_select_fusion.2": 1.0, "call_bitcast_fusion": 0.5}
 
 
-
 def test_trace_decode_traces_the_loop_program(tmp_path):
     # Two loops of new - 1 = 2 steps each, traced after their prefill; the HLO is the loop program's.
-    import glob
-    from benchmarks import profile_step
     trace_dir, hlo, steps, wall = profile_step.trace_decode("tiny", 2, 3, 2, str(tmp_path))
     assert steps == 4 and wall > 0
     assert "jit_run_steps" in hlo.splitlines()[0] and "while" in hlo
@@ -49,9 +51,7 @@ def test_trace_decode_traces_the_loop_program(tmp_path):
 
 def test_decode_profile_prints_the_loop_ops(capsys):
     # The --decode mode end to end (trace conversion needs xprof, the viz extra).
-    import pytest
     pytest.importorskip("xprof")
-    from benchmarks import profile_step
     profile_step.main(["--size", "tiny", "--decode", "2", "--new", "3", "--steps", "1", "--top", "50"])
     out = capsys.readouterr().out
     assert out.startswith("decoding step at batch 2: ops total ")
@@ -62,7 +62,5 @@ def test_decode_profile_prints_the_loop_ops(capsys):
 
 
 def test_decode_profile_needs_a_loop_step():
-    import pytest
-    from benchmarks import profile_step
     with pytest.raises(ValueError, match="--new"):
         profile_step.trace_decode("tiny", 2, 1, 1, "/nonexistent")
