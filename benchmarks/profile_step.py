@@ -3,7 +3,8 @@ With `--decode B`: where a greedy decoding step at batch B spends it (the on-dev
 
 Traces a few forward+backward steps of the side-by-side model (benchmarks/side_by_side.py sizes, float32) with
 `jax.profiler`, converts the trace with xprof (`pip install xprof`), maps every XLA op back to the model code
-through the op_name metadata of the optimized HLO, and prints the milliseconds per step of
+through the op_name metadata of the optimized HLO (an op that XLA's passes left without any gets the path
+of its first input that has one, marked "≈"), and prints the milliseconds per step of
   * the top ops (kernel name, output shape, the model path they come from), and
   * categories: forward / backward × routed experts, attention, MLP, shared experts, head, norms, the scan's
     residual stacking (dynamic-(update-)slice), and buffer initialization.
@@ -144,14 +145,76 @@ def leaf_times(events, steps: int) -> collections.Counter:
     return dur
 
 
-def op_info(hlo: str, name: str) -> tuple[str, str]:
-    """(output shape, op_name metadata) of one op of the optimized HLO."""
-    m = re.search(r"%" + re.escape(name) + r" = (\S+) .*?op_name=\"([^\"]*)\"", hlo)
-    return (m.group(1), m.group(2)) if m else ("", "")
+APPROX = "≈ "  # marks a model path taken from an op's inputs (the op itself has no op_name metadata)
+
+
+def hlo_ops(hlo: str) -> dict:
+    """{op name: its defining line} of every instruction of the optimized HLO text (fused computations too),
+    and {("computation", name): [its ops' names]} for every computation."""
+    ops, body = {}, None
+    for line in hlo.splitlines():
+        header = re.match(r"(?:ENTRY )?%([\w.\-]+) .*\{$", line)
+        if header:
+            body = ops.setdefault(("computation", header.group(1)), [])
+            continue
+        m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)
+        if m:
+            ops.setdefault(m.group(1), line)
+            if body is not None:
+                body.append(m.group(1))
+    return ops
+
+
+def _op_name(line: str) -> str:
+    m = re.search(r'op_name="([^"]*)"', line)
+    return m.group(1) if m else ""
+
+
+def _inputs(ops: dict, line: str) -> list:
+    """What an HLO instruction line reads: the %names inside its opcode's parentheses, then the ops of the
+    computations it calls (a fusion's body)."""
+    rhs = line.split(" = ", 1)[1]
+    call = re.search(r"\s[\w\-]+\(", rhs)  # "opcode(" after the shape (shapes hold no such word)
+    if call is None:
+        return []
+    start, depth, end = call.end() - 1, 0, len(rhs)
+    for i in range(start, len(rhs)):
+        depth += {"(": 1, ")": -1}.get(rhs[i], 0)
+        if depth == 0:
+            end = i
+            break
+    called = [op for c in re.findall(r"(?:calls|to_apply|body|condition)=%([\w.\-]+)", rhs[end:])
+              for op in ops.get(("computation", c), [])]
+    return [o for o in re.findall(r"%([\w.\-]+)", rhs[start:end]) + called if o in ops]
+
+
+def op_info(hlo, name: str, depth: int = 3) -> tuple[str, str]:
+    """(output shape, model path) of one op of the optimized HLO (text, or its hlo_ops index): the path is the
+    op's op_name metadata. Some ops that XLA's passes rewrote carry none (at batch 1: the head's and the routed
+    experts' dots, the latent-score fusions; constant fusions); their path is then the first input's that has
+    one (operands, then the ops of a fusion's body), searched up to `depth` levels deep and marked with APPROX,
+    so that such ops still land in their layer's category."""
+    ops = hlo_ops(hlo) if isinstance(hlo, str) else hlo
+    line = ops.get(name)
+    if line is None:
+        return "", ""
+    shape = line.split(" = ", 1)[1].split(" ", 1)[0]
+    path, frontier = _op_name(line), [name]
+    for _ in range(depth if not path else 0):
+        frontier = [o for n in frontier for o in _inputs(ops, ops[n])]
+        path = next((_op_name(ops[o]) for o in frontier if _op_name(ops[o])), "")
+        if path:
+            path = APPROX + path
+            break
+    return shape, path
 
 
 def category(path: str) -> str:
     direction = "backward" if "transpose(" in path else "forward"
+    # The model's last norm and the output projection: a head dot without metadata gets the final norm's path
+    # from op_info's fallback.
+    if "final_logits" in path:
+        return f"{direction} head"
     for part in CATEGORIES:
         if part in path:
             return f"{direction} {part.strip('/')}"
@@ -188,12 +251,14 @@ def main(argv=None):
     digits = 3 if a.decode else 1
     print(f"{what}: ops total {sum(times.values()):.{digits}f} ms per step{timed}\n\n"
           "| ms/step | op | shape | model path |\n|---|---|---|---|")
+    ops = hlo_ops(hlo)
     for name, t in times.most_common(a.top):
-        shape, path = op_info(hlo, name)
-        print(f"| {t:.{digits}f} | {name} | {shape} | {path[-80:]} |")
+        shape, path = op_info(ops, name)
+        mark = APPROX if path.startswith(APPROX) else ""  # kept when the path is cut to its last 80 characters
+        print(f"| {t:.{digits}f} | {name} | {shape} | {mark}{path[len(mark):][-80:]} |")
     cats = collections.Counter()
     for name, t in times.items():
-        cats[category(op_info(hlo, name)[1])] += t
+        cats[category(op_info(ops, name)[1])] += t
     print("\n| ms/step | category |\n|---|---|")
     for c, t in cats.most_common():
         print(f"| {t:.{digits}f} | {c} |")

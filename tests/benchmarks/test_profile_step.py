@@ -5,7 +5,7 @@ import glob
 import pytest
 
 from benchmarks import profile_step
-from benchmarks.profile_step import leaf_times
+from benchmarks.profile_step import APPROX, category, hlo_ops, leaf_times, op_info
 
 
 def _event(name, ts, dur, ph="X"):
@@ -39,6 +39,54 @@ def test_leaf_times_leave_out_control_flow_and_runtime_events():
 def test_leaf_times_keep_fusions_whose_names_start_like_control_flow():
     times = leaf_times([_event("conditional_select_fusion.2", 0, 1_000), _event("call_bitcast_fusion", 0, 500)], 1)
     assert dict(times) == {"conditional_select_fusion.2": 1.0, "call_bitcast_fusion": 0.5}
+
+
+HLO = """HloModule jit_run_steps, entry_computation_layout={()->f32[1,8]{1,0}}
+
+%fused_computation.9 (param_0.9: f32[1,4], param_1.9: f32[8,4]) -> f32[1,8] {
+  %param_0.9 = f32[1,4]{1,0} parameter(0)
+  %param_1.9 = f32[8,4]{1,0} parameter(1)
+  ROOT %dot.476 = f32[1,8]{1,0} dot(%param_0.9, %param_1.9), lhs_contracting_dims={1}, rhs_contracting_dims={1}
+}
+
+ENTRY %main (p: (f32[1,4], f32[4,8])) -> f32[1,8] {
+  %p = (f32[1,4]{1,0}, f32[4,8]{1,0}) parameter(0)
+  %get-tuple-element.3 = f32[4,8]{1,0} get-tuple-element(%p), index=1
+  %get-tuple-element.2 = f32[1,4]{1,0} get-tuple-element(%p), index=0
+  %multiply_fusion.1 = f32[1,4]{1,0} fusion(%get-tuple-element.2), kind=kLoop, calls=%f, metadata={op_name="jit(run_steps)/DeepSeekV3.final_logits/norm/mul"}
+  %bitcast.5 = f32[1,4]{1,0} bitcast(%multiply_fusion.1)
+  %dot.459 = f32[1,8]{1,0} dot(%bitcast.5, %get-tuple-element.3), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %ynn_fusion.9 = f32[1,8]{1,0} fusion(%bitcast.5, %get-tuple-element.3), kind=kCustom, calls=%fused_computation.9
+  ROOT %add.1 = f32[1,8]{1,0} add(%dot.459, %ynn_fusion.9), metadata={op_name="jit(run_steps)/moe_layers/attn/add"}
+}
+"""
+
+
+def test_op_info_reads_metadata_and_falls_back_to_the_operands():
+    ops = hlo_ops(HLO)
+    assert op_info(ops, "add.1") == ("f32[1,8]{1,0}", "jit(run_steps)/moe_layers/attn/add")
+    assert op_info(HLO, "add.1") == op_info(ops, "add.1")  # the text or its index
+    # No metadata of its own: the path of the first operand that has one, two operands deep here, marked.
+    shape, path = op_info(ops, "dot.459")
+    assert shape == "f32[1,8]{1,0}" and path == APPROX + "jit(run_steps)/DeepSeekV3.final_logits/norm/mul"
+    assert category(path) == "forward head"  # the final norm's consumer: the output projection
+    assert op_info(ops, "dot.476") == ("f32[1,8]{1,0}", "")  # a fused computation's parameters: no path
+    assert op_info(ops, "nowhere") == ("", "")
+    assert op_info(ops, "p")[1] == ""
+
+
+def test_every_op_of_a_batch_1_loop_has_a_path(tmp_path):
+    # At batch 1 XLA rewrites dots (a lone row: matrix-vector products) and drops their metadata; before the
+    # operand fallback about half of a batch-1 step's op time was "unlabeled". Every dot and every fusion that
+    # reads an array (not a constant generator such as an iota, which may have no op_name anywhere) of the tiny
+    # model's loop program maps to a model path now.
+    _, hlo, _, _ = profile_step.trace_decode("tiny", 1, 3, 1, str(tmp_path))
+    ops = hlo_ops(hlo)
+    entry = [n for n, line in ops.items() if isinstance(n, str) and (" dot(" in line or " fusion(%" in line)
+             and "(%param_" not in line]  # not the dots inside fused computations
+    assert len(entry) > 20
+    unlabeled = [n for n in entry if not op_info(ops, n)[1]]
+    assert not unlabeled, unlabeled[:10]
 
 
 def test_trace_decode_traces_the_loop_program(tmp_path):
