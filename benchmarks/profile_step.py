@@ -28,9 +28,14 @@ import os
 import re
 import shutil
 import tempfile
+from typing import NamedTuple
 
-CATEGORIES = ("routed_experts", "shared_experts", "/attn/", "/mlp/", "head", "log_softmax", "norm", "embed",
-              "dynamic_update_slice", "dynamic_slice", "/moe/")
+# (part of a model path, its category), the first match wins. "final_logits" is the model's last norm and the
+# output projection: a head dot without metadata gets the final norm's path from op_info's fallback.
+CATEGORIES = (("routed_experts", "routed_experts"), ("shared_experts", "shared_experts"), ("/attn/", "attn"),
+              ("/mlp/", "mlp"), ("head", "head"), ("final_logits", "head"), ("log_softmax", "log_softmax"),
+              ("norm", "norm"), ("embed", "embed"), ("dynamic_update_slice", "dynamic_update_slice"),
+              ("dynamic_slice", "dynamic_slice"), ("/moe/", "moe"))
 
 
 def trace_step(size: str, steps: int, out_dir: str):
@@ -148,21 +153,26 @@ def leaf_times(events, steps: int) -> collections.Counter:
 APPROX = "≈ "  # marks a model path taken from an op's inputs (the op itself has no op_name metadata)
 
 
-def hlo_ops(hlo: str) -> dict:
-    """{op name: its defining line} of every instruction of the optimized HLO text (fused computations too),
-    and {("computation", name): [its ops' names]} for every computation."""
-    ops, body = {}, None
+class HloOps(NamedTuple):
+    """The optimized HLO text indexed: {op name: its defining line} of every instruction (fused computations
+    too) and {computation name: its ops' names}."""
+    lines: dict
+    bodies: dict
+
+
+def hlo_ops(hlo: str) -> HloOps:
+    lines, bodies, body = {}, {}, None
     for line in hlo.splitlines():
         header = re.match(r"(?:ENTRY )?%([\w.\-]+) .*\{$", line)
         if header:
-            body = ops.setdefault(("computation", header.group(1)), [])
+            body = bodies.setdefault(header.group(1), [])
             continue
         m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)
         if m:
-            ops.setdefault(m.group(1), line)
+            lines.setdefault(m.group(1), line)
             if body is not None:
                 body.append(m.group(1))
-    return ops
+    return HloOps(lines, bodies)
 
 
 def _op_name(line: str) -> str:
@@ -170,7 +180,7 @@ def _op_name(line: str) -> str:
     return m.group(1) if m else ""
 
 
-def _inputs(ops: dict, line: str) -> list:
+def _inputs(ops: HloOps, line: str) -> list:
     """What an HLO instruction line reads: the %names inside its opcode's parentheses, then the ops of the
     computations it calls (a fusion's body)."""
     rhs = line.split(" = ", 1)[1]
@@ -184,40 +194,35 @@ def _inputs(ops: dict, line: str) -> list:
             end = i
             break
     called = [op for c in re.findall(r"(?:calls|to_apply|body|condition)=%([\w.\-]+)", rhs[end:])
-              for op in ops.get(("computation", c), [])]
-    return [o for o in re.findall(r"%([\w.\-]+)", rhs[start:end]) + called if o in ops]
+              for op in ops.bodies.get(c, [])]
+    return [o for o in re.findall(r"%([\w.\-]+)", rhs[start:end]) + called if o in ops.lines]
 
 
-def op_info(hlo, name: str, depth: int = 3) -> tuple[str, str]:
-    """(output shape, model path) of one op of the optimized HLO (text, or its hlo_ops index): the path is the
-    op's op_name metadata. Some ops that XLA's passes rewrote carry none (at batch 1: the head's and the routed
-    experts' dots, the latent-score fusions; constant fusions); their path is then the first input's that has
-    one (operands, then the ops of a fusion's body), searched up to `depth` levels deep and marked with APPROX,
-    so that such ops still land in their layer's category."""
-    ops = hlo_ops(hlo) if isinstance(hlo, str) else hlo
-    line = ops.get(name)
+def op_info(ops: HloOps, name: str, depth: int = 3) -> tuple[str, str]:
+    """(output shape, model path) of one op of the optimized HLO: the path is the op's op_name metadata. Some
+    ops that XLA's passes rewrote carry none (at batch 1: the head's and the routed experts' dots, the
+    latent-score fusions; constant fusions); their path is then the first input's that has one (operands, then
+    the ops of a fusion's body), searched up to `depth` levels deep and marked with APPROX, so that such ops
+    still land in their layer's category."""
+    line = ops.lines.get(name)
     if line is None:
         return "", ""
     shape = line.split(" = ", 1)[1].split(" ", 1)[0]
     path, frontier = _op_name(line), [name]
-    for _ in range(depth if not path else 0):
-        frontier = [o for n in frontier for o in _inputs(ops, ops[n])]
-        path = next((_op_name(ops[o]) for o in frontier if _op_name(ops[o])), "")
+    for _ in range(depth):
         if path:
-            path = APPROX + path
             break
+        frontier = [o for n in frontier for o in _inputs(ops, ops.lines[n])]
+        found = next((_op_name(ops.lines[o]) for o in frontier if _op_name(ops.lines[o])), "")
+        path = APPROX + found if found else ""
     return shape, path
 
 
 def category(path: str) -> str:
     direction = "backward" if "transpose(" in path else "forward"
-    # The model's last norm and the output projection: a head dot without metadata gets the final norm's path
-    # from op_info's fallback.
-    if "final_logits" in path:
-        return f"{direction} head"
-    for part in CATEGORIES:
+    for part, name in CATEGORIES:
         if part in path:
-            return f"{direction} {part.strip('/')}"
+            return f"{direction} {name}"
     return f"{direction} other" if path else "buffer init / unlabeled"
 
 
