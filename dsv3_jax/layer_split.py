@@ -20,6 +20,15 @@ blocks gather one [D, 2F] block per expert instead of two [D, F] ones (single-to
 Each output is the same dot product, equal to float32 rounding. Stacked or split, join_layers keeps w13; the
 model reads it (moe/layer.py).
 
+Where the MoE stack unrolls, every routed expert's w13 and w2 are also kept as arrays of their own
+(`copies_experts`, params .../routed_experts/per_expert/{e}/{w13, w2}): XLA copies whatever it cuts out of a
+stacked array, a gathered block or a static slice alike, so only separate buffers can be read in place. A lone
+token's experts (and two tokens') then run as one switch per assignment over them (layers/moe/block_switch.py)
+instead of gathered blocks (measured: 64-token greedy generations of the side-by-side model in 0.86x the time at
+batch 1 and 0.77x at batch 2, the same tokens); larger batches keep the capacity batch over the stacked arrays,
+which one batched matmul streams faster than E separate ones (1.3x the time as 16 per-expert products at 8 rows
+each). The cost is one more copy of the routed experts' weights.
+
 With no FP8 recipe, every MLA module also gets its absorbed weights W_UK [H, N, C] and W_UV [H, C, V]
 precomputed beside wkv_b (`absorbs_mla`; layers/mla.py:absorbed_weights): the latent-cache attention batches
 its per-head products over heads, and cut from wkv_b's [C, H·(N+V)] layout every step those operands are
@@ -139,15 +148,46 @@ def _absorb_attention(cfg, tree):
     return {k: _absorb_attention(cfg, v) for k, v in tree.items()}
 
 
-def split_layers(cfg, variables: dict, fuse: bool | None = None, absorb: bool | None = None) -> LayerSplit:
+PER_EXPERT_MAX = 32  # per-expert copies up to this many routed experts: block_switch.py compiles E branches a
+# switch (the side-by-side model, 16 experts: its batch-1 generation loop compiles in 4.1 s instead of 1.8 s)
+
+
+def copies_experts(cfg) -> bool:
+    """Whether split_layers adds per-expert copies of the fused routed experts (module docstring): they fuse,
+    the MoE stack unrolls (a scanned stack would copy every expert's slice per layer) and E is small."""
+    return (fuses_experts(cfg) and pt.MOE in unrolled_stacks(cfg) and cfg.n_routed_experts <= PER_EXPERT_MAX)
+
+
+def _copy_experts(tree):
+    """Every fused routed-experts dict {w13, w2} with PER_EXPERT {str(e): {w13, w2}} added: expert e's slices
+    (the expert axis is third from last, after a stack's layer axis)."""
+    if not isinstance(tree, dict):
+        return tree
+    routed = tree.get(pt.ROUTED)
+    if isinstance(routed, dict) and pt.FUSED_UP in routed and "w2" in routed:
+        w13, w2 = routed[pt.FUSED_UP], routed["w2"]
+        copies = {str(e): {pt.FUSED_UP: w13[..., e, :, :], "w2": w2[..., e, :, :]} for e in range(w13.shape[-3])}
+        tree = {**tree, pt.ROUTED: {**routed, pt.PER_EXPERT: copies}}
+    return {k: _copy_experts(v) for k, v in tree.items()}
+
+
+def split_layers(cfg, variables: dict, fuse: bool | None = None, absorb: bool | None = None,
+                 per_expert: bool | None = None) -> LayerSplit:
     """`variables` ({'params', 'router', ...}) with every leaf of an unrolled stack cut into its L layers and,
     when `fuse` (default: `fuses_experts(cfg)`), the routed experts' w1 | w3 fused into w13 (a copy of those
     weights: drop the original if memory matters); when `absorb` (default: `absorbs_mla(cfg)`), MLA's W_UK and
-    W_UV added beside wkv_b. Unfused and unabsorbed, the logits are bitwise those of `variables`; otherwise
-    equal to float32 rounding (the products may sum in another order)."""
+    W_UV added beside wkv_b; when `per_expert` (default: `copies_experts(cfg)`; needs the fusion), every routed
+    expert's w13 and w2 also as arrays of their own (one more copy of the routed experts' weights). Unfused
+    and unabsorbed, the logits are bitwise those of `variables`; otherwise equal to float32 rounding (the
+    products may sum in another order)."""
     if isinstance(variables, LayerSplit):
         return variables
     supported = fuses_experts(cfg)
+    fused = supported if fuse is None else fuse
+    if per_expert and not (fused and supported):
+        raise ValueError("split_layers(per_expert=True): the per-expert copies are of the fused w13, so they need "
+                         f"fuse=True and a config that fuses (fp8='none', moe_impl 'blocked'); got fuse={fuse}, "
+                         f"fp8={cfg.fp8!r}, moe_impl={resolve_config(cfg).moe_impl!r}")
     if fuse and not supported:
         raise ValueError(f"split_layers(fuse=True): the routed experts fuse only with no FP8 recipe and a backend "
                          f"with a fused form ('blocked'); got fp8={cfg.fp8!r}, moe_impl="
@@ -160,6 +200,8 @@ def split_layers(cfg, variables: dict, fuse: bool | None = None, absorb: bool | 
         variables = {**variables, pt.PARAMS: _fuse_experts(variables[pt.PARAMS])}
     if (absorbs_mla(cfg) if absorb is None else absorb) and pt.PARAMS in variables:
         variables = {**variables, pt.PARAMS: _absorb_attention(cfg, variables[pt.PARAMS])}
+    if (copies_experts(cfg) and fused if per_expert is None else per_expert) and pt.PARAMS in variables:
+        variables = {**variables, pt.PARAMS: _copy_experts(variables[pt.PARAMS])}
     return LayerSplit({col: split_params(cfg, tree) if isinstance(tree, dict) else tree
                        for col, tree in variables.items()})
 

@@ -33,6 +33,9 @@ GATE, ROUTED, SHARED, BIAS = "gate", "routed_experts", "shared_experts", "bias"
 MTP_BLOCK, ENORM, HNORM, EH_PROJ, MTP_NORM = "block", "enorm", "hnorm", "eh_proj", "norm"
 EXPERT_WEIGHTS = ("w1", "w2", "w3")
 FUSED_UP = "w13"  # w1 | w3 [E, D, 2F], the inference form of the routed experts (layer_split.py)
+# {"0": {w13 [D, 2F], w2 [F, D]}, "1": ...}: each routed expert's weights as separate arrays, beside the stacked
+# ones in inference variables of unrolled stacks (layer_split.py; layers/moe/block_switch.py).
+PER_EXPERT = "per_expert"
 # W_UK [H, N, C] and W_UV [H, C, V] cut from wkv_b, heads-major: the inference form of MLA's absorbed attention
 # (layer_split.py, layers/mla.py:absorbed_weights).
 ABSORBED_UK, ABSORBED_UV = "w_uk", "w_uv"

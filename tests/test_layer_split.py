@@ -1,7 +1,9 @@
 """layer_split.py: split variables decode to the same numbers as stacked ones, and XLA:CPU then reads
 every unrolled layer's weights in place (no slice copies in the compiled decoding step); fused routed experts
-(w13 = w1 | w3) and precomputed absorbed MLA weights (W_UK, W_UV) decode to the same tokens and float32-equal
-logits."""
+(w13 = w1 | w3), their per-expert copies and precomputed absorbed MLA weights (W_UK, W_UV) decode to the same
+tokens and float32-equal logits."""
+
+import re
 
 import flax.linen as nn
 import jax
@@ -11,7 +13,7 @@ import pytest
 
 from dsv3_jax import param_tree as pt
 from dsv3_jax.infer import decode_step, generate, init_cache, join_layers, prefill, split_layers
-from dsv3_jax.layer_split import LayerSplit, absorbs_mla, fuses_experts
+from dsv3_jax.layer_split import LayerSplit, absorbs_mla, copies_experts, fuses_experts
 from dsv3_jax.model import DeepSeekV3
 from tests.conftest import tiny_config
 
@@ -55,7 +57,7 @@ def test_fused_round_trip(model):
     every other leaf comes back unchanged."""
     cfg, variables = model
     assert fuses_experts(cfg)
-    joined = join_layers(cfg, split_layers(cfg, variables, absorb=False))
+    joined = join_layers(cfg, split_layers(cfg, variables, absorb=False, per_expert=False))
     want, got = dict(_routed_dicts(variables[pt.PARAMS])), dict(_routed_dicts(joined[pt.PARAMS]))
     assert want.keys() == got.keys() and len(got) >= 1
     for path, routed in got.items():
@@ -164,3 +166,61 @@ def _slices_of_params(cfg, variables) -> int:
 def test_split_leaves_no_weight_slices(model):
     cfg, variables = model
     assert _slices_of_params(cfg, split_layers(cfg, variables, fuse=False)) < _slices_of_params(cfg, variables)
+
+
+def test_per_expert_copies(model):
+    """Per-expert copies (the default where the MoE stack unrolls): every fused routed-experts dict also holds
+    per_expert/{e}/{w13, w2}, expert e's slices of w13 and w2; not for a scanned stack, nor without the fusion."""
+    cfg, variables = model
+    assert copies_experts(cfg) and not copies_experts(cfg.replace(scan_unroll=1))
+    assert not copies_experts(cfg.replace(moe_impl="dense"))
+    joined = join_layers(cfg, split_layers(cfg, variables))
+    got = dict(_routed_dicts(joined[pt.PARAMS]))
+    assert len(got) >= 1
+    for path, routed in got.items():
+        copies = routed[pt.PER_EXPERT]
+        assert sorted(copies, key=int) == [str(e) for e in range(cfg.n_routed_experts)], path
+        for e, w in copies.items():
+            np.testing.assert_array_equal(w[pt.FUSED_UP], routed[pt.FUSED_UP][..., int(e), :, :])
+            np.testing.assert_array_equal(w["w2"], routed["w2"][..., int(e), :, :])
+    scanned = cfg.replace(scan_unroll=1)
+    routed = _routed_dicts(join_layers(scanned, split_layers(scanned, variables))[pt.PARAMS])
+    assert all(pt.PER_EXPERT not in r for _, r in routed)
+    with pytest.raises(ValueError, match="per_expert=True.*fuse=False"):
+        split_layers(cfg, variables, fuse=False, per_expert=True)
+
+
+def test_per_expert_copies_decode_identically(model):
+    """A lone token's routed experts run as switches over the copies (layers/moe/block_switch.py): the same
+    greedy tokens and float32-equal logits as the stacked weights give, and the compiled step copies no expert
+    weights (one conditional per chosen expert, reading its buffer)."""
+    cfg, variables = model
+    with_copies, without = (split_layers(cfg, variables, per_expert=p) for p in (True, False))
+    prompts = [[3, 1, 4, 1, 5]]
+    np.testing.assert_array_equal(generate(cfg, with_copies, prompts, max_new_tokens=6).tokens,
+                                  generate(cfg, without, prompts, max_new_tokens=6).tokens)
+    from dsv3_jax.infer.decode import _decode_step
+    steps, hlos = [], []
+    for v in (with_copies, without):
+        cache, _ = prefill(cfg, v, np.array([[3, 1, 4, 1]], np.int32), np.array([4], np.int32), init_cache(cfg, 1, 8))
+        token = jnp.array([7], jnp.int32)
+        steps.append(np.asarray(decode_step(cfg, v, cache, token)[1]))
+        hlos.append(_decode_step.lower(cfg, v, cache, token).compile().as_text())
+    np.testing.assert_allclose(steps[0], steps[1], rtol=1e-5, atol=1e-6)
+    # No instruction makes an array of an expert's w13 shape [.., D, 2F] (a copied slice or a gathered block):
+    # every branch reads its expert's buffer in place.
+    shape = re.compile(rf"= f32\[(\d+,)?{cfg.dim},{2 * cfg.moe_inter_dim}\]")
+    made = [line for line in hlos[0].splitlines() if shape.search(line)
+            and not re.search(r" (parameter|get-tuple-element|bitcast)\(", line)]
+    assert made == []
+    n_moe = pt.stack_sizes(cfg)[pt.MOE]
+    assert hlos[0].count(" conditional(") == n_moe * cfg.n_activated_experts > hlos[1].count(" conditional(")
+
+
+def test_per_expert_copy_of_the_wrong_shape_is_named(model):
+    cfg, variables = model
+    joined = join_layers(cfg, split_layers(cfg, variables))
+    bad = jax.tree_util.tree_map_with_path(
+        lambda p, a: a[..., :-1] if pt.PER_EXPERT in str(p) and "'w2'" in str(p) else a, joined)
+    with pytest.raises(ValueError, match=f"{pt.ROUTED}/{pt.PER_EXPERT}/0/w2: expected shape"):
+        generate(cfg, bad, [[1, 2, 3]], max_new_tokens=2)

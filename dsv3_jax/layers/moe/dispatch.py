@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from dsv3_jax.layers.linear import kernel_of
-from dsv3_jax.layers.moe import block_capacity, block_gather, block_loop
+from dsv3_jax.layers.moe import block_capacity, block_gather, block_loop, block_switch
 
 
 def _rows(a, index):
@@ -117,7 +117,7 @@ def two_grids(m: int, n_experts: int) -> bool:
     return m >= TWO_GRID_MIN_ROWS and n_experts >= 4
 
 
-def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int | None = None):
+def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int | None = None, per_expert=None):
     """Like routed_experts_ragged, with the grouped GEMM done block by block: each expert's sorted rows are cut
     into blocks of `block` rows (default: block_rows); large blocks run as a loop of plain GEMM chains
     (block_loop.py), small ones as one batched matmul over gathered weights (block_gather.py). Where one
@@ -125,9 +125,14 @@ def routed_experts_blocked(x, weights, experts, w1, w2, w3, dtype, block: int | 
     runs instead (block_capacity.py). w3 None: w1 is the fused w13 = w1 | w3 [E, D, 2F] of inference variables
     (layer_split.py); the capacity batch then runs its gate and up projections as ONE matmul
     (block_capacity.capacity_forward), which XLA:CPU streams faster than two, the gathered blocks gather it
-    whole and the looped blocks take slices."""
+    whole and the looped blocks take slices. per_expert: (w13s, w2s), each expert's fused w13 [D, 2F] and w2
+    [F, D] as separate arrays (inference variables, layer_split.py); a lone token's few assignments then run as
+    switches over them (block_switch.py) instead of gathered blocks."""
     n, k = experts.shape
     e, f, d = w2.shape
+    if block is None and per_expert is not None and w3 is None and block_switch.switches(n, k, e):
+        with jax.named_scope("experts"):  # no sort: each assignment reads its expert's weights in place
+            return block_switch.switched_swiglu(x, weights, experts, *per_expert, jnp.dtype(dtype)).astype(dtype)
     with jax.named_scope("dispatch"):  # profiler trace names (V3 report Figure 2)
         order, inverse, sizes = sort_assignments(experts, e)
     if block is None and capacity_beats_blocks(n, k, e, d, f):  # k distinct experts: <= n rows each

@@ -13,8 +13,9 @@ A backend is `fn(x [N,D], weights [N,k], experts [N,k], w1, w2, w3, *, cfg, ctx,
 with comm the expert-parallel byte counts [len(node_routing.COMM_FIELDS)] or None. w1/w3 [E,D,F], w2 [E,F,D]
 (MetaKernel-wrapped under the per-tensor delayed FP8 recipe, for the backends with `delayed_fp8`); gmm is
 the grouped GEMM of the FP8 recipe (layers/linear.grouped_matmul_fn). A backend may also have a `fused` form,
-`fused(x, weights, experts, w13, w2, *, cfg) -> (y, comm)` over the gate and up projections as one
-[E, D, 2F] matrix (the inference variables of layer_split.py). Adding a backend: its implementation
+`fused(x, weights, experts, w13, w2, *, cfg, per_expert=None) -> (y, comm)` over the gate and up projections as
+one [E, D, 2F] matrix (the inference variables of layer_split.py; per_expert: the same weights as E separate
+(w13 [D, 2F], w2 [F, D]) arrays where the variables hold them). Adding a backend: its implementation
 file plus one `register` line here.
 """
 
@@ -47,8 +48,9 @@ def _plain(impl):
     return fn
 
 
-def _blocked_fused(x, weights, experts, w13, w2, *, cfg):
-    return dispatch.routed_experts_blocked(x, weights, experts, w13, w2, None, jnp.dtype(cfg.dtype)), None
+def _blocked_fused(x, weights, experts, w13, w2, *, cfg, per_expert=None):
+    return dispatch.routed_experts_blocked(x, weights, experts, w13, w2, None, jnp.dtype(cfg.dtype),
+                                           per_expert=per_expert), None
 
 
 def _ragged(x, weights, experts, w1, w2, w3, *, cfg, ctx, gmm):

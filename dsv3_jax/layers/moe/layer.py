@@ -31,7 +31,8 @@ ROUTER_COLLECTION = pt.ROUTER
 class RoutedExperts(nn.Module):
     """Holds the stacked expert weights w1, w3 [E, D, F] and w2 [E, F, D] (this rank's E/X experts when the
     parallel context runs inside a shard_map over the expert axis). Returns (y [N, D], comm bytes or None).
-    Inference variables may hold w13 = w1 | w3 [E, D, 2F] in place of w1 and w3 (layer_split.py)."""
+    Inference variables may hold w13 = w1 | w3 [E, D, 2F] in place of w1 and w3, and beside them per-expert
+    copies of w13 and w2 (layer_split.py)."""
 
     cfg: "object"
     parallel: ExpertParallel | None = None
@@ -62,7 +63,27 @@ class RoutedExperts(nn.Module):
             raise ValueError(f"params {pt.ROUTED}/{pt.FUSED_UP}: the fused gate|up weight needs a moe_impl with a "
                              f"fused form ('blocked') and shape {want}; got moe_impl={c.moe_impl!r}, shape "
                              f"{tuple(w13.shape)} (split_layers only fuses where that holds)")
-        return backend.fused(x, weights, experts, w13, w2, cfg=c)
+        if not self.has_variable(pt.PARAMS, pt.PER_EXPERT):
+            return backend.fused(x, weights, experts, w13, w2, cfg=c)
+        return backend.fused(x, weights, experts, w13, w2, cfg=c, per_expert=self._per_expert(w13, w2))
+
+    def _per_expert(self, w13, w2):
+        """(w13s, w2s): the per-expert copies of w13 and w2 the variables hold beside them (layer_split.py)."""
+        held = self.get_variable(pt.PARAMS, pt.PER_EXPERT)
+        n = w13.shape[0]
+        if sorted(held) != sorted(str(e) for e in range(n)):
+            raise ValueError(f"params {pt.ROUTED}/{pt.PER_EXPERT}: expected one entry per expert, '0' .. "
+                             f"'{n - 1}', got {sorted(held)}")
+        out = ([], [])
+        for e in range(n):
+            for name, full, acc in ((pt.FUSED_UP, w13, out[0]), ("w2", w2, out[1])):
+                got = held[str(e)].get(name)
+                if got is None or tuple(got.shape) != tuple(full.shape[1:]):
+                    raise ValueError(f"params {pt.ROUTED}/{pt.PER_EXPERT}/{e}/{name}: expected shape "
+                                     f"{tuple(full.shape[1:])} (expert {e} of {name}), got "
+                                     f"{None if got is None else tuple(got.shape)}")
+                acc.append(got)
+        return tuple(out[0]), tuple(out[1])
 
 
 class MoE(nn.Module):
