@@ -155,9 +155,10 @@ APPROX = "≈ "  # marks a model path taken from an op's inputs (the op itself h
 
 class HloOps(NamedTuple):
     """The optimized HLO text indexed: {op name: its defining line} of every instruction (fused computations
-    too) and {computation name: its ops' names}."""
+    too), {computation name: its ops' names} and {op name: the conditional whose branch holds it}."""
     lines: dict
     bodies: dict
+    branch_of: dict
 
 
 def hlo_ops(hlo: str) -> HloOps:
@@ -172,7 +173,12 @@ def hlo_ops(hlo: str) -> HloOps:
             lines.setdefault(m.group(1), line)
             if body is not None:
                 body.append(m.group(1))
-    return HloOps(lines, bodies)
+    branch_of = {}
+    for name, line in lines.items():
+        called = re.search(r"branch_computations=\{([^}]*)\}", line)
+        for c in re.findall(r"%([\w.\-]+)", called.group(1)) if called else ():
+            branch_of.update((op, name) for op in bodies.get(c, []))
+    return HloOps(lines, bodies, branch_of)
 
 
 def _op_name(line: str) -> str:
@@ -201,14 +207,18 @@ def _inputs(ops: HloOps, line: str) -> list:
 def op_info(ops: HloOps, name: str, depth: int = 3) -> tuple[str, str]:
     """(output shape, model path) of one op of the optimized HLO: the path is the op's op_name metadata. Some
     ops that XLA's passes rewrote carry none (at batch 1: the head's and the routed experts' dots, the
-    latent-score fusions; constant fusions); their path is then the first input's that has one (operands, then
-    the ops of a fusion's body), searched up to `depth` levels deep and marked with APPROX, so that such ops
-    still land in their layer's category."""
+    latent-score fusions, the products inside a lone token's expert switches; constant fusions); their path is
+    then the conditional's whose branch holds the op, or else the first input's that has one (operands, then
+    the ops of a fusion's body), searched up to `depth` levels deep; marked with APPROX either way, so that such
+    ops still land in their layer's category."""
     line = ops.lines.get(name)
     if line is None:
         return "", ""
     shape = line.split(" = ", 1)[1].split(" ", 1)[0]
     path, frontier = _op_name(line), [name]
+    if not path and name in ops.branch_of:  # inside a branch: the path of the conditional that runs it
+        path = _op_name(ops.lines[ops.branch_of[name]])
+        path = APPROX + path if path else ""
     for _ in range(depth):
         if path:
             break

@@ -74,6 +74,32 @@ def test_op_info_reads_metadata_and_falls_back_to_the_operands():
     assert op_info(ops, "p")[1] == ""
 
 
+BRANCH_HLO = """HloModule jit_run_steps
+
+%branch_0 (b: (f32[1,4], f32[4,8])) -> f32[1,8] {
+  %b = (f32[1,4]{1,0}, f32[4,8]{1,0}) parameter(0)
+  %get-tuple-element.7 = f32[1,4]{1,0} get-tuple-element(%b), index=0
+  %get-tuple-element.8 = f32[4,8]{1,0} get-tuple-element(%b), index=1
+  ROOT %dot.745 = f32[1,8]{1,0} dot(%get-tuple-element.7, %get-tuple-element.8), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+ENTRY %main (i: s32[], p: (f32[1,4], f32[4,8])) -> f32[1,8] {
+  %i = s32[] parameter(0)
+  %p = (f32[1,4]{1,0}, f32[4,8]{1,0}) parameter(1)
+  ROOT %cond.3 = f32[1,8]{1,0} conditional(%i, %p), branch_computations={%branch_0}, metadata={op_name="jit(run_steps)/moe_layers/moe/routed_experts/experts/switch_case"}
+}
+"""
+
+
+def test_op_info_gives_a_branch_op_its_conditional_path():
+    # The products inside a lone token's expert switches (layers/moe/block_switch.py) lose their metadata; their
+    # operands are the branch's parameters, which have none either, so the conditional's path is theirs.
+    ops = hlo_ops(BRANCH_HLO)
+    shape, path = op_info(ops, "dot.745")
+    assert shape == "f32[1,8]{1,0}" and path == APPROX + "jit(run_steps)/moe_layers/moe/routed_experts/experts/switch_case"
+    assert category(path) == "forward routed_experts"
+
+
 def test_every_op_of_a_batch_1_loop_has_a_path(tmp_path):
     # At batch 1 XLA rewrites dots (a lone row: matrix-vector products) and drops their metadata; before the
     # operand fallback about half of a batch-1 step's op time was "unlabeled". Every dot and every fusion that
