@@ -196,11 +196,11 @@ def split_layers(cfg, variables: dict, fuse: bool | None = None, absorb: bool | 
         raise ValueError(f"split_layers(absorb=True): precomputed absorbed MLA weights would skip the FP8 recipe's "
                          f"quantization of wkv_b; got fp8={cfg.fp8!r}")
     variables = nn.unbox(variables)
-    if (supported if fuse is None else fuse) and pt.PARAMS in variables:
+    if fused and pt.PARAMS in variables:
         variables = {**variables, pt.PARAMS: _fuse_experts(variables[pt.PARAMS])}
     if (absorbs_mla(cfg) if absorb is None else absorb) and pt.PARAMS in variables:
         variables = {**variables, pt.PARAMS: _absorb_attention(cfg, variables[pt.PARAMS])}
-    if (copies_experts(cfg) and fused if per_expert is None else per_expert) and pt.PARAMS in variables:
+    if ((copies_experts(cfg) and fused) if per_expert is None else per_expert) and pt.PARAMS in variables:
         variables = {**variables, pt.PARAMS: _copy_experts(variables[pt.PARAMS])}
     return LayerSplit({col: split_params(cfg, tree) if isinstance(tree, dict) else tree
                        for col, tree in variables.items()})

@@ -70,20 +70,17 @@ class RoutedExperts(nn.Module):
     def _per_expert(self, w13, w2):
         """(w13s, w2s): the per-expert copies of w13 and w2 the variables hold beside them (layer_split.py)."""
         held = self.get_variable(pt.PARAMS, pt.PER_EXPERT)
-        n = w13.shape[0]
-        if sorted(held) != sorted(str(e) for e in range(n)):
+        n, shapes = w13.shape[0], {pt.FUSED_UP: tuple(w13.shape[1:]), "w2": tuple(w2.shape[1:])}
+        if set(held) != {str(e) for e in range(n)}:
             raise ValueError(f"params {pt.ROUTED}/{pt.PER_EXPERT}: expected one entry per expert, '0' .. "
                              f"'{n - 1}', got {sorted(held)}")
-        out = ([], [])
         for e in range(n):
-            for name, full, acc in ((pt.FUSED_UP, w13, out[0]), ("w2", w2, out[1])):
+            for name, want in shapes.items():
                 got = held[str(e)].get(name)
-                if got is None or tuple(got.shape) != tuple(full.shape[1:]):
-                    raise ValueError(f"params {pt.ROUTED}/{pt.PER_EXPERT}/{e}/{name}: expected shape "
-                                     f"{tuple(full.shape[1:])} (expert {e} of {name}), got "
-                                     f"{None if got is None else tuple(got.shape)}")
-                acc.append(got)
-        return tuple(out[0]), tuple(out[1])
+                if got is None or tuple(got.shape) != want:
+                    raise ValueError(f"params {pt.ROUTED}/{pt.PER_EXPERT}/{e}/{name}: expected shape {want} "
+                                     f"(expert {e} of {name}), got {None if got is None else tuple(got.shape)}")
+        return tuple(tuple(held[str(e)][name] for e in range(n)) for name in shapes)
 
 
 class MoE(nn.Module):
